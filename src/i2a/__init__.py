@@ -1,0 +1,1 @@
+"""Image-to-audio study: SpecVQGAN on VAS with swappable frame-feature backbones."""
