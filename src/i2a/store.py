@@ -1,0 +1,64 @@
+"""On-disk arrays shared by the stages: per-shard .npy files, written atomically, read memory-mapped."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def save_npy(path: str | Path, array: np.ndarray) -> None:
+    """Write an .npy so that a killed job never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ShardedArray:
+    """Row-wise concatenation of per-shard .npy files, memory-mapped.
+
+    Lets data loaders index a whole split (e.g. 11,773 x 212 x 2048 features) without loading it into memory.
+    """
+
+    def __init__(self, paths: Sequence[str | Path]):
+        self.paths = [Path(p) for p in paths]
+        self.arrays = [np.load(p, mmap_mode="r") for p in self.paths]
+        if not self.arrays:
+            raise ValueError("ShardedArray needs at least one shard")
+        tails = {a.shape[1:] for a in self.arrays if len(a)}
+        if len(tails) > 1:
+            raise ValueError(f"shards disagree on row shape: {sorted(tails)}")
+        self.row_shape = tails.pop() if tails else self.arrays[0].shape[1:]
+        self.offsets = np.cumsum([0] + [len(a) for a in self.arrays])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.row_shape)
+
+    @property
+    def dtype(self):
+        return self.arrays[0].dtype
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return np.array(self.arrays[shard][index - self.offsets[shard]])
+
+    def to_array(self) -> np.ndarray:
+        """Everything in memory: only for small splits (the demo, the 768 validation clips)."""
+        return np.concatenate([np.asarray(a) for a in self.arrays], axis=0)
