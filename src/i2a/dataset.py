@@ -1,0 +1,209 @@
+"""The clip table (class, split, shard of every clip) and the per-shard preprocessed data the stages share.
+
+A preprocessed shard folder holds:
+  clips.tsv   one row per clip of the shard: clip, class, status (ok | skipped), reason, file
+  mels.npy    (n_ok, n_mels, keep_frames) float32 in [0, 1], rows in the order of the ok clips
+  wav/<file>.wav, video/<file>.mp4   the 10 s mono wav and the re-timed video of each ok clip
+File stems are row numbers, so clip names with spaces, quotes or non-ASCII letters never reach a command line.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from i2a.mel import MelSpec, mel_spectrogram
+from i2a.store import save_npy
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov"}
+
+
+def find_clips(raw_dir: str | Path) -> list[tuple[str, Path]]:
+    """('<class>/<clip>', path) for every video under raw_dir/<class>/, sorted by name."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"video folder {raw_dir} does not exist")
+    clips = []
+    for path in raw_dir.rglob("*"):
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file() and not path.name.startswith("."):
+            rel = path.relative_to(raw_dir)
+            if len(rel.parts) < 2:
+                log.warning("skipping %s: not inside a class folder", rel)
+                continue
+            clips.append((f"{rel.parts[0]}/{path.stem}", path))
+    clips.sort(key=lambda c: c[0])
+    names = [c[0] for c in clips]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"clip names repeated under {raw_dir}: {dupes[:5]}")
+    return clips
+
+
+def make_clip_table(raw_dir: str | Path, valid_per_class: dict[str, int] | int, shards: dict[str, int]) -> pd.DataFrame:
+    """Split by the VAS rule, then deal each split's sorted clips round-robin into its shards."""
+    from i2a.splits import assign_splits
+
+    clips = find_clips(raw_dir)
+    if not clips:
+        raise ValueError(f"no videos found under {raw_dir} (expected <class>/<clip>.mp4)")
+    split_of = assign_splits([name for name, _ in clips], valid_per_class)
+    rows = [{"clip": name, "class": name.split("/", 1)[0], "split": split_of[name], "path": str(path)}
+            for name, path in clips]
+    table = pd.DataFrame(rows)
+    table["shard"] = 0
+    for split, group in table.groupby("split"):
+        table.loc[group.index, "shard"] = np.arange(len(group)) % shards[split]
+    return table[["clip", "class", "split", "shard", "path"]]
+
+
+def read_clip_table(path: str | Path) -> pd.DataFrame:
+    table = pd.read_csv(path, sep="\t", dtype=str, quoting=3, keep_default_na=False)
+    if "shard" in table:
+        table["shard"] = table["shard"].astype(int)
+    return table
+
+
+def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.to_csv(tmp, sep="\t", index=False, quoting=3, escapechar="\\")
+    tmp.replace(path)
+
+
+def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, seconds: float, fps: float,
+                     workers: int = 2) -> pd.DataFrame:
+    """Run the SpecVQGAN chain over one shard's clips; bad clips are recorded with their reason."""
+    from i2a.media import BadClip, preprocess_clip
+
+    out_dir = Path(out_dir)
+    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
+    (out_dir / "video").mkdir(parents=True, exist_ok=True)
+
+    def one(item):
+        row_number, row = item
+        stem = f"{row_number:05d}"
+        wav_path, video_path = out_dir / "wav" / f"{stem}.wav", out_dir / "video" / f"{stem}.mp4"
+        try:
+            preprocess_clip(row["path"], video_path, wav_path, seconds=seconds, sample_rate=mel.sample_rate, fps=fps)
+            spec = mel_spectrogram(read_wav(wav_path, mel.sample_rate), mel)
+            return stem, "ok", "", spec
+        except BadClip as bad:
+            return stem, "skipped", " ".join(str(bad).split()), None
+
+    records, mels = [], []
+    rows = list(enumerate(table.to_dict("records")))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(one, rows)
+        for (_, row), (stem, status, reason, spec) in tqdm(zip(rows, results), total=len(rows), desc="clips",
+                                                           mininterval=10):
+            records.append({"clip": row["clip"], "class": row["class"], "status": status, "reason": reason,
+                            "file": stem})
+            if spec is not None:
+                mels.append(spec)
+            else:
+                log.warning("skipped %s: %s", row["clip"], reason)
+    manifest = pd.DataFrame(records, columns=["clip", "class", "status", "reason", "file"])
+    empty = np.zeros((0, mel.n_mels, mel.keep_frames), np.float32)
+    save_npy(out_dir / "mels.npy", np.stack(mels) if mels else empty)
+    write_tsv(manifest, out_dir / "clips.tsv")
+    return manifest
+
+
+def read_wav(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 samples of a wav the chain wrote; a different rate is an error, not a silent resample."""
+    from i2a.media import read_wav as read_wav_with_rate
+
+    wav, rate = read_wav_with_rate(path)
+    if rate != sample_rate:
+        raise ValueError(f"{path}: {rate} Hz, expected {sample_rate}")
+    return wav
+
+
+@dataclass
+class Shard:
+    """Read side of a preprocessed shard folder."""
+
+    root: Path
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.table = read_clip_table(self.root / "clips.tsv")
+        self.ok = self.table[self.table["status"] == "ok"].reset_index(drop=True)
+
+    @property
+    def clips(self) -> list[str]:
+        return list(self.ok["clip"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.ok["class"])
+
+    def video_paths(self) -> list[Path]:
+        return [self.root / "video" / f"{f}.mp4" for f in self.ok["file"]]
+
+    def wav_paths(self) -> list[Path]:
+        return [self.root / "wav" / f"{f}.wav" for f in self.ok["file"]]
+
+    def mels(self, mmap: bool = True) -> np.ndarray:
+        return np.load(self.root / "mels.npy", mmap_mode="r" if mmap else None)
+
+
+def load_shards(roots) -> list[Shard]:
+    return [Shard(Path(r)) for r in roots]
+
+
+def mel_spec_from_config(audio: dict) -> MelSpec:
+    """The workflow's `audio` config section as a MelSpec."""
+    keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "keep_frames", "crop_frames")
+    return MelSpec(**{k: audio[k] for k in keys})
+
+
+def split_mels(shard_dirs, crop_frames: int | None = None) -> np.ndarray:
+    """All mels of a (small) split in memory, optionally centre-cropped; for the validation set and the demo."""
+    from i2a.mel import center_crop
+
+    arrays = [Shard(d).mels(mmap=True) for d in shard_dirs]
+    mels = np.concatenate([np.asarray(a) for a in arrays], axis=0)
+    return center_crop(mels, crop_frames) if crop_frames else mels
+
+
+def split_clips(shard_dirs) -> pd.DataFrame:
+    """The ok clips of a split, in the row order of its concatenated shard arrays."""
+    return pd.concat([Shard(d).ok for d in shard_dirs], ignore_index=True)
+
+
+VAS_CLASSES = ("baby", "cough", "dog", "drum", "fireworks", "gun", "hammer", "sneeze")
+
+
+def collect_class_videos(unpacked: str | Path, dest: str | Path, classes=VAS_CLASSES) -> dict[str, int]:
+    """Lay an unpacked archive out as dest/<class>/<clip>.mp4, whatever its inner folders.
+
+    VAS.zip's layout is not documented: a video's class is the path component that names a class.
+    """
+    unpacked, dest = Path(unpacked), Path(dest)
+    counts: dict[str, int] = {}
+    for path in sorted(unpacked.rglob("*")):
+        if path.suffix.lower() not in VIDEO_SUFFIXES or not path.is_file():
+            continue
+        parts = [p for p in path.relative_to(unpacked).parts[:-1] if p in classes]
+        if not parts:
+            log.warning("no class folder in %s: left out", path.relative_to(unpacked))
+            continue
+        target = dest / parts[-1] / path.name
+        if target.exists():
+            if target.stat().st_size != path.stat().st_size:
+                raise ValueError(f"two different videos named {parts[-1]}/{path.name} in {unpacked}")
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.replace(target)
+        counts[parts[-1]] = counts.get(parts[-1], 0) + 1
+    if not counts:
+        raise ValueError(f"no videos inside class folders ({', '.join(classes)}) under {unpacked}")
+    return counts

@@ -1,0 +1,164 @@
+"""Downloads that survive flaky networks and never leave a half-written file under the final name.
+
+Used on the login node (localrules): VAS.zip, released SpecVQGAN checkpoints, backbone weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def file_digest(path: str | Path, algorithm: str = "md5") -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _open(url: str, start: int, timeout: float):
+    request = urllib.request.Request(url, headers={"User-Agent": "i2a-workflow"})
+    if start:
+        request.add_header("Range", f"bytes={start}-")
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def _google_drive_confirm(url: str, html: bytes) -> str | None:
+    """Google Drive answers large files with a virus-scan page; the real link is in its form."""
+    text = html.decode("utf-8", "replace")
+    action = re.search(r'action="([^"]+)"', text)
+    fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', text))
+    if action and "id" in fields:
+        from urllib.parse import urlencode
+
+        return action.group(1).replace("&amp;", "&") + "?" + urlencode(fields)
+    return None
+
+
+def download(url: str, dest: str | Path, md5: str | None = None, sha256_prefix: str | None = None,
+             retries: int = 5, timeout: float = 60.0) -> Path:
+    """Fetch url to dest, resuming a previous partial download (dest + '.part') and checking the digest.
+
+    The file appears under `dest` only once it is complete and verified.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(1, retries + 1):
+        start = part.stat().st_size if part.exists() else 0
+        try:
+            with _open(url, start, timeout) as response:
+                kind = response.headers.get("Content-Type", "")
+                if "text/html" in kind and "drive.google" in url + response.geturl():
+                    confirmed = _google_drive_confirm(url, response.read())
+                    if confirmed is None:
+                        raise DownloadError(f"{url} returned a web page instead of the file (quota exceeded or "
+                                            "the file moved); download it in a browser and use vas.source: local")
+                    url = confirmed
+                    continue
+                if start and response.status != 206:  # the server ignored Range: start over
+                    start = 0
+                total = response.headers.get("Content-Length")
+                total = int(total) + start if total else None
+                with open(part, "ab" if start else "wb") as fh:
+                    done, last = start, time.monotonic()
+                    for block in iter(lambda: response.read(CHUNK), b""):
+                        fh.write(block)
+                        done += len(block)
+                        if time.monotonic() - last > 10:
+                            log.info("%s: %.1f MB%s", dest.name, done / 1e6, f" of {total / 1e6:.1f}" if total else "")
+                            last = time.monotonic()
+            break
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as error:
+            if attempt == retries:
+                raise DownloadError(
+                    f"could not download {url} -> {dest}: {error}. If this machine is offline, run the download "
+                    f"on a machine with internet access and copy the file to {dest} (a partial file {part.name} is "
+                    "kept and resumed on the next try)") from error
+            log.warning("download of %s failed (%s), retry %d/%d", url, error, attempt, retries)
+            time.sleep(min(30, 2 ** attempt))
+    else:
+        raise DownloadError(f"could not download {url}: too many redirects through confirmation pages")
+    verify(part, md5=md5, sha256_prefix=sha256_prefix, name=url)
+    part.replace(dest)
+    return dest
+
+
+def verify(path: str | Path, md5: str | None = None, sha256_prefix: str | None = None, name: str = "") -> None:
+    """Raise (and delete the file) when its digest is not the expected one."""
+    path = Path(path)
+    for algorithm, expected in (("md5", md5), ("sha256", sha256_prefix)):
+        if not expected:
+            continue
+        actual = file_digest(path, algorithm)
+        if not actual.startswith(expected):
+            path.unlink(missing_ok=True)
+            raise DownloadError(f"{name or path}: {algorithm} {actual} does not match the expected {expected}; "
+                                "the corrupt file was deleted, run the rule again")
+
+
+def record_or_check_md5(path: str | Path, expected: str | None) -> str:
+    """Verify against the configured MD5, else against the one recorded at first download (path + '.md5')."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".md5")
+    actual = file_digest(path, "md5")
+    reference = expected or (sidecar.read_text().split()[0] if sidecar.exists() else None)
+    if reference and actual != reference:
+        raise DownloadError(f"{path}: MD5 {actual} differs from {reference} "
+                            f"({'configured' if expected else 'recorded in ' + str(sidecar)}); delete it and rerun")
+    if not sidecar.exists():
+        sidecar.write_text(f"{actual}  {path.name}\n")
+    return actual
+
+
+def extract_checkpoint(archive: str | Path, dest: str | Path, member: str | None = None) -> Path:
+    """The single *.ckpt inside a released SpecVQGAN tar.gz (logs/<name>/checkpoints/*.ckpt), copied to dest."""
+    dest = Path(dest)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+        candidates = [Path(tmp) / member] if member else sorted(Path(tmp).rglob("*.ckpt"))
+        if member is None and len(candidates) > 1:
+            named = [c for c in candidates if c.name != "last.ckpt"]
+            candidates = named if len(named) == 1 else candidates
+        if len(candidates) != 1 or not candidates[0].exists():
+            found = [str(c.relative_to(tmp)) for c in Path(tmp).rglob("*.ckpt")]
+            raise DownloadError(f"{archive}: expected one checkpoint inside, found {found}; set `member:` in config")
+        partial = dest.with_name(dest.name + ".part")
+        shutil.copyfile(candidates[0], partial)
+        partial.replace(dest)
+    return dest
+
+
+def unpack_zip(archive: str | Path, dest: str | Path) -> Path:
+    """Unpack into a temporary folder beside dest, then rename: a killed unpack leaves no half folder."""
+    dest = Path(dest)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                target = (tmp / info.filename).resolve()
+                if not str(target).startswith(str(tmp.resolve())):
+                    raise DownloadError(f"{archive}: unsafe path {info.filename!r} in archive")
+            zf.extractall(tmp)
+        tmp.replace(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
