@@ -1,0 +1,171 @@
+"""FID / MKL / ISc / KID against independent computations and hand-worked cases; bootstrap and seed spread."""
+import math
+
+import numpy as np
+import pytest
+
+from i2a.metrics import (bootstrap_ci, fid_per_video, frechet_distance, inception_score, kid, melception_fid,
+                         melception_mkl, polynomial_mmd, seed_spread)
+
+
+def _fid_by_eigh(x: np.ndarray, y: np.ndarray) -> float:
+    """FID via symmetric eigendecompositions: tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2))."""
+    mu1, mu2 = x.mean(0), y.mean(0)
+    s1 = (x - mu1).T @ (x - mu1) / (len(x) - 1)
+    s2 = (y - mu2).T @ (y - mu2) / (len(y) - 1)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(root1 @ s2 @ root1), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def test_fid_matches_independent_formula():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 24)) @ rng.normal(size=(24, 24))
+    y = rng.normal(size=(250, 24)) @ rng.normal(size=(24, 24)) * 0.7 + 0.3
+    expected = _fid_by_eigh(x, y)
+    assert expected > 1.0
+    assert melception_fid(x, y) == pytest.approx(expected, rel=1e-8)
+    assert melception_fid(x.astype(np.float32), y.astype(np.float32)) == pytest.approx(
+        _fid_by_eigh(x.astype(np.float32).astype(np.float64), y.astype(np.float32).astype(np.float64)), rel=1e-8)
+
+
+def test_fid_of_identical_sets_is_zero():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 16))
+    assert abs(melception_fid(x, x)) < 1e-8
+    # fewer samples than dimensions (VAS: 768 clips, 2048-d): rank-deficient covariances, still ~0
+    x = rng.normal(size=(40, 64))
+    assert abs(melception_fid(x, x)) < 1e-4 * np.trace(np.cov(x, rowvar=False))
+
+
+def test_frechet_distance_pure_mean_shift():
+    sigma = np.diag([1.0, 2.0, 3.0])
+    assert frechet_distance(np.zeros(3), sigma, np.array([1.0, 2.0, 2.0]), sigma) == pytest.approx(9.0)
+    # 1-D Gaussians: (m1 - m2)^2 + (s1 - s2)^2
+    assert frechet_distance(0.0, 4.0, 1.0, 9.0) == pytest.approx(1.0 + (2.0 - 3.0) ** 2)
+    with pytest.raises(ValueError):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_mkl_hand_computed_and_paired_per_video():
+    real_p = np.array([[0.5, 0.5], [0.9, 0.1]])
+    fake_p = np.array([[[0.5, 0.5], [0.25, 0.75]],
+                       [[0.9, 0.1], [0.5, 0.5]]])
+    eps = 1e-6
+
+    def kl(p, q):
+        return sum(pi * (math.log(pi) - math.log(qi + eps)) for pi, qi in zip(p, q))
+
+    expected = (kl([0.5, 0.5], [0.5, 0.5]) + kl([0.5, 0.5], [0.25, 0.75])
+                + kl([0.9, 0.1], [0.9, 0.1]) + kl([0.9, 0.1], [0.5, 0.5])) / 4
+    # by hand, without eps: (0 + 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) + 0 + 0.9 ln 1.8 + 0.1 ln 0.2) / 4
+    assert expected == pytest.approx((0.5 * math.log(2) + 0.5 * math.log(2 / 3) + 0.9 * math.log(1.8)
+                                      + 0.1 * math.log(0.2)) / 4, abs=1e-5)
+    # softmax is shift-invariant: log-probabilities plus any per-row constant are valid logits
+    assert melception_mkl(np.log(fake_p) + 3.0, np.log(real_p) - 1.0) == pytest.approx(expected, rel=1e-9)
+
+    swapped = fake_p.copy()
+    swapped[0, 1], swapped[1, 1] = fake_p[1, 1], fake_p[0, 1]  # trade one sample between the videos
+    assert abs(melception_mkl(np.log(swapped), np.log(real_p)) - expected) > 0.05
+
+
+def test_mkl_zero_for_perfect_samples_and_checks_shapes():
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(5, 309))
+    fake = np.repeat(real[:, None], 3, axis=1)
+    assert melception_mkl(fake, real) == pytest.approx(0.0, abs=1e-3)  # only the +1e-6 inside the log remains
+    with pytest.raises(ValueError):
+        melception_mkl(fake.reshape(15, 309), real)  # samples must be grouped per video
+    with pytest.raises(ValueError):
+        melception_mkl(fake[:4], real)
+
+
+def test_inception_score_uniform_and_confident():
+    mean, std = inception_score(np.zeros((100, 7)))
+    assert mean == pytest.approx(1.0) and std == pytest.approx(0.0, abs=1e-12)
+    # confident, balanced predictions over C classes: exp(entropy of the marginal) = C
+    logits = 100.0 * np.eye(5)[np.arange(100) % 5]
+    assert inception_score(logits, splits=1)[0] == pytest.approx(5.0, rel=1e-9)
+    assert inception_score(logits, splits=10)[0] <= 5.0 + 1e-9
+    with pytest.raises(ValueError):
+        inception_score(np.zeros((5, 3)), splits=10)
+
+
+def _mmd_by_loops(x, y, degree=3, coef0=1.0):
+    gamma, m = 1.0 / x.shape[1], len(x)
+    k = lambda a, b: (gamma * float(a @ b) + coef0) ** degree  # noqa: E731
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2 * xy
+
+
+def test_kid():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(7, 5)), rng.normal(size=(7, 5)) + 0.5
+    assert polynomial_mmd(x, y) == pytest.approx(_mmd_by_loops(x, y), rel=1e-10)
+
+    a, b = rng.normal(size=(400, 32)), rng.normal(size=(400, 32))
+    same_mean, same_std = kid(a, b, subsets=20, subset_size=200)
+    assert abs(same_mean) < 0.02 and same_std > 0
+    shifted_mean, _ = kid(a, b + 0.5, subsets=20, subset_size=200)
+    assert shifted_mean > 0.5
+    # subset size shrinks to the smaller set; a fixed seed repeats exactly
+    assert kid(a[:50], b, subsets=5) == kid(a[:50], b, subsets=5)
+
+
+def test_bootstrap_resamples_whole_videos():
+    V, K = 12, 3
+    fake = np.arange(V)[:, None, None] + np.zeros((V, K, 2))  # every sample carries its video id
+    real = np.arange(V)[:, None] + np.zeros((V, 2))
+    seen = []
+
+    def metric(f, r):
+        assert f.shape == (V, K, 2) and r.shape == (V, 2)
+        assert (f == r[:, None, :]).all()  # each drawn video came with its own samples
+        seen.append(len(np.unique(r[:, 0])))
+        return float(r[:, 0].mean())
+
+    point, low, high = bootstrap_ci(fake, real, metric, n_boot=50)
+    assert point == pytest.approx((V - 1) / 2) and low <= point <= high
+    assert min(seen[1:]) < V  # draws are with replacement
+
+
+def test_bootstrap_interval_contains_point_and_narrows():
+    rng = np.random.default_rng(4)
+
+    def per_video(n):
+        real = rng.normal(size=(n, 10)) * 2
+        return real[:, None, :] + rng.normal(size=(n, 4, 10)), real
+
+    widths = []
+    for n in (20, 320):
+        fake, real = per_video(n)
+        point, low, high = bootstrap_ci(fake, real, "mkl", n_boot=300, seed=0)
+        assert point == pytest.approx(melception_mkl(fake, real))
+        assert low <= point <= high
+        widths.append(high - low)
+    assert widths[1] < 0.5 * widths[0]
+
+
+def test_bootstrap_fid_interval_is_centred_on_the_point():
+    # many dimensions for the number of videos, as on VAS (768 clips, 2048-d): duplicated videos in a resample
+    # raise FID's bias, so the plain percentile interval lies above the point estimate; the centred one holds it
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(100, 48)) * 2
+    fake = real[:, None, :] + rng.normal(size=(100, 3, 48))
+    point, low, high = bootstrap_ci(fake, real, "fid", n_boot=60, seed=1)
+    assert point == pytest.approx(fid_per_video(fake, real))
+    assert low < point < high
+    _, p_low, p_high = bootstrap_ci(fake, real, "fid", n_boot=60, seed=1, method="percentile")
+    assert p_low > point
+    assert p_high - p_low == pytest.approx(high - low)
+
+
+def test_seed_spread():
+    assert seed_spread([25.0, 27.0, 29.0]) == pytest.approx((27.0, 2.0))
+    mean, std = seed_spread([6.1])
+    assert mean == 6.1 and math.isnan(std)
+    with pytest.raises(ValueError):
+        seed_spread([])
