@@ -1,0 +1,163 @@
+"""Transformer training: SpecVQGAN's data layout, decay groups and LR rule; checkpoints, metrics and resume."""
+import csv
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from i2a.gpt import GPT, GPTConfig, load_transformer
+from i2a.store import ShardedArray, save_npy
+from i2a.train_gpt import (EpochSampler, GPTDataset, TrainConfig, curve_summary, optimizer_groups, train_gpt)
+
+N_TOK, VOCAB, CROP, DIM, S = 10, 16, 8, 6, 2
+
+
+def _data(n: int, seed: int):
+    """Tokens that depend on a class visible in the features, so there is something to learn."""
+    rng = np.random.default_rng(seed)
+    cls = rng.integers(0, 4, n)
+    tokens = (cls[:, None] * 3 + np.arange(N_TOK)[None]) % VOCAB
+    noise = rng.random((n, N_TOK)) < 0.2
+    tokens = np.where(noise, rng.integers(0, VOCAB, (n, N_TOK)), tokens).astype(np.int16)
+    feats = rng.normal(size=(n, CROP, DIM)).astype(np.float32) * 0.3
+    feats[np.arange(n), :, cls] += 2.0
+    return tokens, feats
+
+
+def _cfg(**kw):
+    base = dict(n_layer=1, n_head=2, n_embd=16, vocab_size=VOCAB, feat_sample_size=S, batch_size=4,
+                base_lr=1e-3, max_epochs=3, seed=3, resid_pdrop=0.1, log_every_n_steps=2)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_dataset_reads_sharded_rows_and_picks_frames(tmp_path):
+    tokens, feats = _data(10, 0)
+    save_npy(tmp_path / "t0.npy", tokens[:6]); save_npy(tmp_path / "t1.npy", tokens[6:])
+    save_npy(tmp_path / "f0.npy", feats[:6]); save_npy(tmp_path / "f1.npy", feats[6:])
+    ds = GPTDataset(ShardedArray([tmp_path / "t0.npy", tmp_path / "t1.npy"]),
+                    ShardedArray([tmp_path / "f0.npy", tmp_path / "f1.npy"]), S=2)
+    tok, f = ds[7]
+    assert tok.dtype == torch.int64 and tok.tolist() == tokens[7].tolist()
+    # S=2 of 8 frames: linspace(0, 8, 2) + 8 // 3 = [2, 6]; returned as (D, S) for the Conv1d
+    assert f.shape == (DIM, 2) and np.array_equal(f.numpy(), feats[7][[2, 6]].T)
+    assert ds[(7, 5)][1].equal(f)  # the epoch only matters for random features
+
+
+def test_random_features_baseline():
+    tokens, _ = _data(5, 0)
+    ds = GPTDataset(tokens, None, S=1, random_feats_dim=32, seed=1)
+    a0, a0_again, a1, b0 = ds[(2, 0)][1], ds[(2, 0)][1], ds[(2, 1)][1], ds[(3, 0)][1]
+    assert a0.shape == (32, 1) and a0.dtype == torch.float32
+    assert 0 <= a0.min() and a0.max() < 1
+    assert a0.equal(a0_again) and not a0.equal(a1) and not a0.equal(b0)  # re-drawn per item and epoch
+    with pytest.raises(ValueError, match="either"):
+        GPTDataset(tokens, None, S=1)
+
+
+def test_epoch_sampler_shuffles_per_epoch_and_shards():
+    s = EpochSampler(10, shuffle=True, seed=0)
+    e0 = [i for i, _ in s]
+    s.set_epoch(1)
+    e1 = [i for i, _ in s]
+    assert sorted(e0) == sorted(e1) == list(range(10)) and e0 != e1
+    ranks = [[i for i, _ in EpochSampler(10, True, 0, rank=r, world_size=3)] for r in range(3)]
+    assert all(len(r) == 4 for r in ranks) and set(sum(ranks, [])) == set(range(10))
+
+
+def test_decay_groups_and_lr_rule():
+    model = GPT(GPTConfig(vocab_size=16, block_size=12, n_layer=2, n_head=2, n_embd=8, feat_dim=4))
+    decay, no_decay = optimizer_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decayed == {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                       for n in [f"{n}.weight"]}
+    assert {"pos_emb", "tok_emb.weight", "embedder.weight", "ln_f.weight", "blocks.0.attn.key.bias"} \
+        <= {names[id(p)] for p in no_decay["params"]}
+    cfg = TrainConfig(base_lr=1e-6, batch_size=64, gpus=8, accumulate_grad_batches=2)
+    assert cfg.learning_rate == pytest.approx(1e-6 * 64 * 8 * 2)
+
+
+def test_curve_summary(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("epoch,train_loss,val_loss,lr\n0,3,2.5,1e-3\n1,2,2.0,1e-3\n2,1.5,2.1,1e-3\n")
+    assert curve_summary(path) == {"best_epoch": 1, "best_val_loss": 2.0, "overfit": True, "epochs_run": 3}
+    path.write_text("epoch,train_loss,val_loss,lr\n0,3,2.5,1e-3\n1,2,2.0,1e-3\n")
+    assert curve_summary(path)["overfit"] is False
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(step: int):
+    import lightning.pytorch as pl
+
+    class CrashAt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= step:
+                raise _Crash(f"killed at step {trainer.global_step}")
+
+    return CrashAt()
+
+
+def _read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_resume_matches_uninterrupted_run(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="i2a.train_gpt")
+    train = GPTDataset(*_data(24, 1), S=S)
+    valid = GPTDataset(*_data(8, 2), S=S)
+    cfg = _cfg(scheduler="cosine")
+
+    full = train_gpt(train, valid, cfg, tmp_path / "full", accelerator="cpu")
+    rows = _read_csv(tmp_path / "full" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and full["epochs_run"] == 3
+    assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learns
+    lr0 = cfg.learning_rate
+    assert [float(r["lr"]) for r in rows] == pytest.approx([lr0, lr0 * 0.75, lr0 * 0.25])  # cosine, T_max 3
+    assert full["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
+    assert any("batch 2/6" in r.getMessage() for r in caplog.records)  # plain progress lines for log files
+
+    # killed mid-way through the second epoch (6 steps per epoch), then started again
+    with pytest.raises(_Crash):
+        train_gpt(train, valid, cfg, tmp_path / "resumed", accelerator="cpu", callbacks=[_crash_after(8)])
+    assert len(_read_csv(tmp_path / "resumed" / "metrics.csv")) == 1
+    resumed = train_gpt(train, valid, cfg, tmp_path / "resumed", accelerator="cpu")
+    assert _read_csv(tmp_path / "resumed" / "metrics.csv") == rows
+    assert resumed["best_epoch"] == full["best_epoch"]
+    best_full = torch.load(tmp_path / "full" / "best.ckpt", weights_only=True)
+    best_res = torch.load(tmp_path / "resumed" / "best.ckpt", weights_only=True)
+    assert best_full["epoch"] == best_res["epoch"]
+    for k, v in best_full["state_dict"].items():
+        assert torch.allclose(v, best_res["state_dict"][k], atol=1e-6), k
+
+    # a finished job started again does nothing; the checkpoint loads as a plain GPT with its config
+    assert train_gpt(train, valid, cfg, tmp_path / "full", accelerator="cpu")["best_epoch"] == full["best_epoch"]
+    model = load_transformer(tmp_path / "full" / "best.ckpt")
+    assert (model.config.n_layer, model.config.block_size, model.config.feat_dim) == (1, N_TOK + S, DIM)
+    tok, f = valid[0]
+    with torch.no_grad():
+        logits = model(tok[None, :-1], f[None])[:, S - 1:]
+    ce = torch.nn.functional.cross_entropy(logits[0], tok)
+    assert ce.item() < np.log(VOCAB)  # better than chance on held-out data
+
+
+def test_plateau_and_early_stopping(tmp_path):
+    """A LR so high that val loss stops improving: plateau halves the LR, early stopping ends the run."""
+    train = GPTDataset(*_data(8, 1), S=S)
+    valid = GPTDataset(*_data(4, 2), S=S)
+    cfg = _cfg(scheduler="plateau", plateau_patience=0, plateau_factor=0.5, base_lr=0.5, max_epochs=12,
+               early_stopping=True, early_stopping_patience=2, resid_pdrop=0.0)
+    out = train_gpt(train, valid, cfg, tmp_path / "run", accelerator="cpu")
+    rows = _read_csv(tmp_path / "run" / "metrics.csv")
+    val = [float(r["val_loss"]) for r in rows]
+    best = int(np.argmin(val))
+    assert out["epochs_run"] == len(rows) == best + 3 < 12  # stopped 2 epochs without improvement
+    lrs = [float(r["lr"]) for r in rows]
+    # plateau with patience 0: the epoch after the best one did not improve, so the next one runs at half the LR
+    assert lrs[best + 2] == pytest.approx(lrs[best + 1] * 0.5)
+    assert all(b in (a, a * 0.5) for a, b in zip(lrs, lrs[1:]))
