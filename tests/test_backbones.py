@@ -1,0 +1,157 @@
+"""Backbone registry, preprocessing and weight files (SPEC section 3)."""
+import numpy as np
+import pytest
+import torch
+import torchvision
+import torchvision.transforms as T
+
+from i2a.backbones import (BACKBONES, CLIP_PREPROCESS, VIDEO_FEATURES_CNN, WEIGHT_FILES, ChecksumError,
+                           WeightsNotFoundError, _load_state_dict, build_backbone, fetch_weights, sha256_of,
+                           verify_checksum, weights_file_for)
+
+EXPECTED_DIMS = {"resnet18": 512, "resnet50": 2048, "efficientnet_v2_s": 1280, "efficientnet_v2_m": 1280,
+                 "efficientnet_v2_l": 1280, "clip_vit_b32": 512}
+
+
+def _frames(t=3, h=90, w=160, seed=0):
+    """Noise plus a gradient: the hardest case for matching a resampler."""
+    rng = np.random.default_rng(seed)
+    grad = np.linspace(0, 255, w)[None, :, None]
+    return np.clip(rng.integers(0, 256, (t, h, w, 3)) * 0.5 + grad * 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_DIMS))
+def test_every_backbone_builds_and_gives_its_feature_dim(name):
+    torch.manual_seed(0)
+    bb = build_backbone(name, weights="none", image_size=64)
+    assert bb.feat_dim == EXPECTED_DIMS[name] == BACKBONES[name].feat_dim
+    assert not bb.model.training
+    x = bb.transform(_frames(t=2))
+    assert x.shape == (2, 3, 64, 64) and x.dtype == torch.float32
+    with torch.inference_mode():
+        y = bb.model(x)
+    assert y.shape == (2, EXPECTED_DIMS[name])
+    assert torch.isfinite(y).all() and y.std() > 0
+
+
+@pytest.mark.parametrize("tf, mode", [(VIDEO_FEATURES_CNN, T.InterpolationMode.BILINEAR),
+                                      (CLIP_PREPROCESS, T.InterpolationMode.BICUBIC)])
+def test_transform_matches_the_per_frame_pil_pipeline(tf, mode):
+    # video_features / CLIP: ToPILImage -> Resize(shorter side) -> CenterCrop -> ToTensor -> Normalize, per frame
+    reference = T.Compose([T.ToPILImage(), T.Resize(tf.resize, interpolation=mode), T.CenterCrop(tf.crop),
+                           T.ToTensor(), T.Normalize(tf.mean, tf.std)])
+    frames = _frames(t=2, h=180, w=320)
+    expected = torch.stack([reference(f) for f in frames])
+    got = tf(frames)
+    assert got.shape == expected.shape == (2, 3, 224, 224)
+    # in 0..255 pixel units: at most one grey level off (rounding inside the resampler)
+    err = ((got - expected).abs() * torch.tensor(tf.std).view(1, 3, 1, 1) * 255)
+    assert err.max() <= 1.0 + 1e-4 and err.mean() < 0.05
+    # channels-first input gives the same result
+    assert torch.equal(tf(torch.from_numpy(frames).permute(0, 3, 1, 2)), got)
+
+
+def test_transform_geometry_and_bad_input():
+    tf = VIDEO_FEATURES_CNN
+    assert (tf.resize, tf.crop, tf.interpolation) == (256, 224, "bilinear")
+    small = tf.scaled(112)
+    assert (small.resize, small.crop) == (128, 112)
+    # a portrait clip: shorter side (width) to 256, then the centre 224 x 224
+    frame = np.zeros((1, 200, 100, 3), np.uint8)
+    frame[:, 95:105] = 255  # a white band across the middle rows
+    crop = tf.resize_crop(frame)
+    assert crop.shape == (1, 3, 224, 224) and crop.dtype == torch.uint8
+    rows = crop[0, 0].float().mean(dim=1)
+    assert rows[112] > 200 and rows[0] < 10 and rows[-1] < 10
+    with pytest.raises(ValueError, match="uint8"):
+        tf(np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="colour channels"):
+        tf(np.zeros((1, 8, 8, 4), np.uint8))
+    with pytest.raises(ValueError, match="multiple of its 32-px patches"):
+        build_backbone("clip_vit_b32", "none", image_size=48)
+
+
+def test_missing_weights_error_names_file_place_and_command(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as err:
+        build_backbone("resnet50", cache_dir=tmp_path)  # default = ImageNet V1, what the authors used
+    msg = str(err.value)
+    assert "resnet50-0676ba61.pth" in msg and str(tmp_path) in msg
+    assert f"snakemake --cores 1 {tmp_path / 'resnet50-0676ba61.pth'}" in msg
+    with pytest.raises(WeightsNotFoundError, match="ViT-B-32.pt"):
+        build_backbone("clip_vit_b32", "openai", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="accepts weights"):
+        build_backbone("resnet18", "imagenet_v2")
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("resnet34")
+
+
+def test_weights_file_for():
+    assert weights_file_for("resnet50") == "resources/weights/resnet50-0676ba61.pth"
+    assert weights_file_for("resnet50", "imagenet_v2", "w") == "w/resnet50-11ad3fa6.pth"
+    assert weights_file_for("clip_vit_b32") == "resources/weights/ViT-B-32.pt"
+    assert weights_file_for("resnet18", "none") is None
+    assert weights_file_for("resnet18", "/data/my.pth") == "/data/my.pth"
+    # torchvision names its files <arch>-<first 8 hex digits of the SHA-256>.pth
+    for (_, _), wf in WEIGHT_FILES.items():
+        assert wf.url.endswith("/" + wf.filename)
+        if wf.filename.endswith(".pth"):
+            assert wf.filename.split("-")[-1] == wf.sha256 + ".pth"
+
+
+def test_checksum_verification(tmp_path):
+    f = tmp_path / "blob.bin"
+    f.write_bytes(b"i2a" * 1000)
+    digest = sha256_of(f)
+    verify_checksum(f, digest)
+    verify_checksum(f, digest[:8].upper())  # torchvision-style prefix
+    with pytest.raises(ChecksumError, match="does not match"):
+        verify_checksum(f, "0" * 8)
+    # a corrupt cached file is refused both when building and when "fetching" (no download is attempted)
+    bad = tmp_path / "resnet18-f37072fd.pth"
+    torch.save({"not": torch.zeros(1)}, bad)
+    with pytest.raises(ChecksumError):
+        build_backbone("resnet18", "imagenet_v1", cache_dir=tmp_path)
+    with pytest.raises(ChecksumError):
+        fetch_weights("resnet18", "imagenet_v1", cache_dir=tmp_path)
+
+
+def test_weights_from_a_path_reproduce_the_source_model(tmp_path):
+    torch.manual_seed(1)
+    src = torchvision.models.resnet18().eval()
+    path = tmp_path / "mine.pth"
+    torch.save(src.state_dict(), path)
+    bb = build_backbone("resnet18", str(path), image_size=64)
+    x = bb.transform(_frames(t=2))
+    src.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        assert torch.allclose(bb.model(x), src(x), atol=1e-5)
+    wrong = tmp_path / "wrong.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), wrong)
+    with pytest.raises(ValueError, match="do not fit"):
+        build_backbone("resnet18", str(wrong))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_archives_are_read_as_state_dicts(tmp_path):
+    # OpenAI's ViT-B-32.pt is a TorchScript archive, which torch.load(weights_only=True) refuses
+    module = torch.jit.script(torch.nn.Linear(3, 2))
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(module, str(path))
+    sd = _load_state_dict(path)
+    assert set(sd) == {"weight", "bias"} and torch.equal(sd["weight"], module.weight)
+
+
+def test_clip_weights_in_openai_layout_load_and_give_encode_image(tmp_path):
+    import open_clip
+
+    torch.manual_seed(2)
+    src = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    sd = src.state_dict()
+    # OpenAI's archive also carries these scalars, which the model does not have
+    sd.update(input_resolution=torch.tensor(224), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    path = tmp_path / "clip.pt"
+    torch.save(sd, path)
+    bb = build_backbone("clip_vit_b32", str(path))
+    x = bb.transform(_frames(t=2, h=240, w=320))
+    with torch.inference_mode():
+        assert torch.allclose(bb.model(x), src.encode_image(x), atol=1e-5)  # not L2-normalised
