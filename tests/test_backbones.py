@@ -155,3 +155,13 @@ def test_clip_weights_in_openai_layout_load_and_give_encode_image(tmp_path):
     x = bb.transform(_frames(t=2, h=240, w=320))
     with torch.inference_mode():
         assert torch.allclose(bb.model(x), src.encode_image(x), atol=1e-5)  # not L2-normalised
+
+
+def test_the_torch_free_weights_table_agrees_with_the_registry():
+    from i2a.backbones import BACKBONES
+    from i2a.weights import ACCEPTED_WEIGHTS
+
+    assert set(ACCEPTED_WEIGHTS) == set(BACKBONES)
+    for name, spec in BACKBONES.items():
+        assert ACCEPTED_WEIGHTS[name][0] == spec.default_weights
+        assert set(ACCEPTED_WEIGHTS[name]) == set(spec.transforms)

@@ -24,9 +24,11 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from i2a.weights import (ACCEPTED_WEIGHTS, DEFAULT_CACHE_DIR, WEIGHT_FILES, WeightFile, is_path as _is_path,
+                         resolve_weights_name as _resolve_weights_name, weights_file_for)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = "resources/weights"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,34 +86,6 @@ VIDEO_FEATURES_CNN = FrameTransform(256, 224, "bilinear", IMAGENET_MEAN, IMAGENE
 TORCHVISION_V2 = FrameTransform(232, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 # CLIP's own preprocessing: Resize(224, bicubic), CenterCrop(224), CLIP stats.
 CLIP_PREPROCESS = FrameTransform(224, 224, "bicubic", CLIP_MEAN, CLIP_STD)
-
-
-# ----------------------------------------------------------------------------------------------- weights
-@dataclass(frozen=True)
-class WeightFile:
-    filename: str
-    url: str
-    sha256: str  # full digest, or the prefix torchvision embeds in its file names
-
-
-_TV = "https://download.pytorch.org/models/"
-WEIGHT_FILES: dict[tuple[str, str], WeightFile] = {
-    ("resnet18", "imagenet_v1"): WeightFile("resnet18-f37072fd.pth", _TV + "resnet18-f37072fd.pth", "f37072fd"),
-    ("resnet50", "imagenet_v1"): WeightFile("resnet50-0676ba61.pth", _TV + "resnet50-0676ba61.pth", "0676ba61"),
-    ("resnet50", "imagenet_v2"): WeightFile("resnet50-11ad3fa6.pth", _TV + "resnet50-11ad3fa6.pth", "11ad3fa6"),
-    ("efficientnet_v2_s", "imagenet_v1"): WeightFile(
-        "efficientnet_v2_s-dd5fe13b.pth", _TV + "efficientnet_v2_s-dd5fe13b.pth", "dd5fe13b"),
-    ("efficientnet_v2_m", "imagenet_v1"): WeightFile(
-        "efficientnet_v2_m-dc08266a.pth", _TV + "efficientnet_v2_m-dc08266a.pth", "dc08266a"),
-    ("efficientnet_v2_l", "imagenet_v1"): WeightFile(
-        "efficientnet_v2_l-59c71312.pth", _TV + "efficientnet_v2_l-59c71312.pth", "59c71312"),
-    # The OpenAI release (a TorchScript archive), as open_clip names and fetches it; its URL embeds the SHA-256.
-    ("clip_vit_b32", "openai"): WeightFile(
-        "ViT-B-32.pt",
-        "https://openaipublic.azureedge.net/clip/models/"
-        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-        "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
-}
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -174,29 +148,6 @@ def _spec(name: str) -> BackboneSpec:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     return BACKBONES[name]
-
-
-def _is_path(weights: str) -> bool:
-    return os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".ckpt"))
-
-
-def _resolve_weights_name(name: str, weights: str) -> str:
-    spec = _spec(name)
-    weights = spec.default_weights if weights == "default" else weights
-    if weights != "none" and weights not in spec.transforms and not _is_path(weights):
-        raise ValueError(f"backbone {name!r} accepts weights {sorted(spec.transforms) + ['none']} or a path to a "
-                         f"weights file, not {weights!r}")
-    return weights
-
-
-def weights_file_for(name: str, weights: str = "default", cache_dir: str | Path = DEFAULT_CACHE_DIR) -> str | None:
-    """The local file the (backbone, weights) pair reads: None for random init, the path itself for a path."""
-    weights = _resolve_weights_name(name, weights)
-    if weights == "none":
-        return None
-    if (name, weights) in WEIGHT_FILES:
-        return str(Path(cache_dir) / WEIGHT_FILES[(name, weights)].filename)
-    return weights
 
 
 def _missing_weights_message(name: str, weights: str, path: Path) -> str:
