@@ -165,3 +165,28 @@ def test_the_torch_free_weights_table_agrees_with_the_registry():
     for name, spec in BACKBONES.items():
         assert ACCEPTED_WEIGHTS[name][0] == spec.default_weights
         assert set(ACCEPTED_WEIGHTS[name]) == set(spec.transforms)
+
+
+def test_random_init_is_the_same_network_in_every_job():
+    """Shards are extracted in separate jobs: with weights 'none' they must still share one network."""
+    import torch
+
+    from i2a.backbones import build_backbone
+
+    torch.manual_seed(123)
+    first = build_backbone("resnet18", "none", image_size=64).model.state_dict()
+    torch.manual_seed(456)
+    second = build_backbone("resnet18", "none", image_size=64).model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_building_a_random_backbone_leaves_the_global_rng_alone():
+    import torch
+
+    from i2a.backbones import build_backbone
+
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    build_backbone("resnet18", "none", image_size=64)
+    assert torch.equal(torch.rand(3), expected)

@@ -229,6 +229,9 @@ def _build_clip(state_dict: dict[str, torch.Tensor] | None, image_size: int | No
     return model.visual.float()  # encode_image(x, normalize=False) is exactly visual(x)
 
 
+RANDOM_INIT_SEED = 0
+
+
 def build_backbone(name: str, weights: str = "default", cache_dir: str | Path = DEFAULT_CACHE_DIR,
                    image_size: int | None = None) -> Backbone:
     """Backbone in eval mode with its preprocessing.
@@ -254,7 +257,11 @@ def build_backbone(name: str, weights: str = "default", cache_dir: str | Path = 
         state_dict = _load_state_dict(path)
         log.info("backbone %s: weights %s from %s", name, weights, path)
 
-    model = _build_clip(state_dict, image_size) if spec.arch == "open_clip" else _build_cnn(spec, state_dict)
+    # Random init is seeded: every shard job must encode with the same network, or train and valid features
+    # come from different random models.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = _build_clip(state_dict, image_size) if spec.arch == "open_clip" else _build_cnn(spec, state_dict)
     return Backbone(name=name, feat_dim=spec.feat_dim, weights=weights, model=model.eval(), transform=transform)
 
 
