@@ -67,8 +67,8 @@ def test_classes_separable_in_mel_and_colour_and_onsets_follow_flashes(clips):
 
 def test_same_seed_same_clip_other_seed_differs(clips, tmp_path):
     _, paths = clips
-    again = make_synthetic_dataset(tmp_path / "a", n_classes=1, clips_per_class=2, seconds=SECONDS, fps=FPS, seed=3)
-    other = make_synthetic_dataset(tmp_path / "b", n_classes=1, clips_per_class=2, seconds=SECONDS, fps=FPS, seed=4)
+    again = make_synthetic_dataset(tmp_path / "a", n_classes=4, clips_per_class=2, seconds=SECONDS, fps=FPS, seed=3)
+    other = make_synthetic_dataset(tmp_path / "b", n_classes=4, clips_per_class=2, seconds=SECONDS, fps=FPS, seed=4)
     first = [p for p in paths if p.parent.name == again[0].parent.name][:2]
     for p, q in zip(first, again):
         assert np.array_equal(read_video_frames(p), read_video_frames(q))
@@ -83,3 +83,11 @@ def test_rejects_bad_arguments(tmp_path):
         make_synthetic_dataset(tmp_path, n_classes=9)
     with pytest.raises(ValueError, match="even"):
         make_synthetic_dataset(tmp_path, size=(95, 128))
+
+
+def test_class_pitches_spread_over_the_mel_range():
+    from i2a.synthetic import PITCH_RANGE_HZ, class_set
+
+    pitches = [c.pitch_hz for c in class_set(4)]
+    assert pitches[0] == pytest.approx(PITCH_RANGE_HZ[0]) and pitches[-1] == pytest.approx(PITCH_RANGE_HZ[1])
+    assert all(b / a > 2.5 for a, b in zip(pitches, pitches[1:]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,7 +29,7 @@ class ToyClass:
     name: str
     rgb: tuple[int, int, int]
     shape: str
-    pitch_hz: float  # fundamental; 1.6x apart so classes land in different mel bins
+    pitch_hz: float  # fundamental; class_set() spreads the classes in use over the mel range
 
 
 TOY_CLASSES = (
@@ -147,6 +147,21 @@ def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: floa
             tmp.unlink()
 
 
+PITCH_RANGE_HZ = (200.0, 5000.0)
+
+
+def class_set(n_classes: int) -> list[ToyClass]:
+    """The first n classes, their pitches spread evenly (in log frequency) over PITCH_RANGE_HZ.
+
+    The codebook's 5 token rows each cover 16 of the 80 mel bins; classes whose tones all sat in the lowest
+    row (as 150-614 Hz would) differ only in detail the small demo codebook does not keep.
+    """
+    if n_classes == 1:
+        return [replace(TOY_CLASSES[0], pitch_hz=float(np.sqrt(np.prod(PITCH_RANGE_HZ))))]
+    pitches = np.geomspace(*PITCH_RANGE_HZ, n_classes)
+    return [replace(cls, pitch_hz=float(p)) for cls, p in zip(TOY_CLASSES[:n_classes], pitches)]
+
+
 def make_synthetic_dataset(out_dir: str | Path, n_classes: int = 4, clips_per_class: int = 16, seconds: float = 2.0,
                            fps: float = 25.0, sample_rate: int = 44100, size: tuple[int, int] = (96, 128),
                            seed: int = 0) -> list[Path]:
@@ -161,7 +176,7 @@ def make_synthetic_dataset(out_dir: str | Path, n_classes: int = 4, clips_per_cl
         raise ValueError(f"size {size} must be even and at least 16x16 (H.264 yuv420p)")
     out_dir = Path(out_dir)
     paths = []
-    for ci, cls in enumerate(TOY_CLASSES[:n_classes]):
+    for ci, cls in enumerate(class_set(n_classes)):
         for k in range(clips_per_class):
             rng = np.random.default_rng([seed, ci, k])
             frames, audio = render_clip(cls, rng, seconds, fps, sample_rate, size)

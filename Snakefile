@@ -1,0 +1,22 @@
+# SpecVQGAN image-to-audio study: VAS videos -> frame features -> GPT over codebook tokens -> samples -> FID/MKL.
+#   snakemake --cores 2 --configfile config/demo.yaml          the laptop demo  -> results/demo/table.csv
+#   snakemake --profile profiles/slurm results/table.csv       the full study on a SLURM cluster
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/codebook.smk"
+include: "workflow/rules/transformer.smk"
+include: "workflow/rules/vocoder.smk"
+include: "workflow/rules/evaluation.smk"
+
+
+localrules:
+    all,
+
+
+rule all:
+    input:
+        f"{R}/table.csv",
+    default_target: True

@@ -1,0 +1,31 @@
+"""What every workflow script does first: logs into the rule's log file, threads and seeds set."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def start_job(smk, name: str | None = None) -> logging.Logger:
+    """Send stdout/stderr and logging to the rule's `log:` file (progress bars included) and cap threads."""
+    if smk.log:
+        log_path = Path(str(smk.log[0]))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(log_path, "a", buffering=1, encoding="utf-8")
+        sys.stdout = sys.stderr = stream
+        os.dup2(stream.fileno(), 1)
+        os.dup2(stream.fileno(), 2)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threads = max(1, int(getattr(smk, "threads", 1) or 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    logger = logging.getLogger(name or smk.rule)
+    logger.info("rule %s: %d thread(s), wildcards %s", smk.rule, threads, dict(smk.wildcards.items()))
+    return logger

@@ -1,0 +1,55 @@
+"""Run-level glue: seeds per sample, resumable state that a changed config invalidates, the table rows."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from i2a.runs import condition, prepare_state_dir, sample_seeds
+from i2a.table import build_table, clip_counts
+
+RUN = {"name": "r", "features": "resnet18", "source": "train", "scheduler": "plateau", "batch": 64, "gpus": 1,
+       "layers": 12, "heads": 8, "embed": 512, "dropout": 0.3, "weight_decay": 0.1, "feat_sample_size": 5}
+
+
+def test_sample_seeds_are_unique_and_independent_of_the_video_count():
+    seeds = sample_seeds(3, n_videos=10, samples_per_video=4)
+    assert len(np.unique(seeds)) == 40
+    assert (sample_seeds(3, n_videos=5, samples_per_video=4) == seeds[:5]).all()
+    assert not np.intersect1d(sample_seeds(4, 10, 4), seeds).size
+
+
+def test_state_dir_survives_a_restart_but_not_a_changed_hyperparameter(tmp_path):
+    state = prepare_state_dir(tmp_path / "state", {"dropout": 0.1})
+    (state / "last.ckpt").write_text("progress")
+    assert (prepare_state_dir(tmp_path / "state", {"dropout": 0.1}) / "last.ckpt").exists()
+    assert not (prepare_state_dir(tmp_path / "state", {"dropout": 0.2}) / "last.ckpt").exists()
+
+
+def test_condition_picks_the_configured_frames_or_seeded_noise():
+    feats = np.arange(2 * 40 * 3, dtype=np.float32).reshape(2, 40, 3)
+    cond = condition({"features": "resnet18"}, feats, np.array([0, 1]), S=5, feat_dim=3)
+    assert cond.shape == (2, 3, 5)
+    assert cond[0, 0, 0].item() == feats[0, 40 // 6, 0]
+    noise = condition({"features": "none"}, None, np.array([7, 7, 8]), S=1, feat_dim=16)
+    assert noise.shape == (3, 16, 1) and torch_equal(noise[0], noise[1]) and not torch_equal(noise[0], noise[2])
+
+
+def torch_equal(a, b):
+    return bool((a == b).all())
+
+
+def test_table_rows_carry_hyperparameters_curve_and_scores(tmp_path):
+    scores = {"mkl": {"value": 6.1, "low": 5.9, "high": 6.3}, "fid": {"value": 25.0, "low": 23.0, "high": 27.0},
+              "n_videos": 768, "samples_per_video": 10, "n_seeds": 1}
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    (tmp_path / "train.json").write_text(json.dumps({"best_epoch": 97, "overfit": True}))
+    clips = pd.DataFrame({"clip": ["a/1", "a/2", "a/3"], "split": ["train", "train", "valid"]})
+    manifest = pd.DataFrame({"clip": ["a/1", "a/2", "a/3"], "status": ["ok", "skipped", "ok"]})
+    counts = clip_counts([manifest], clips)
+    assert counts == {"train_clips": 1, "train_skipped": 1, "valid_clips": 1, "valid_skipped": 0}
+    table = build_table([RUN], {"r": tmp_path / "scores.json"}, {"r": tmp_path / "train.json"}, counts)
+    row = table.iloc[0]
+    assert (row["features"], row["scheduler"], row["epochs"], row["overfit"]) == ("ResNet18", "ReduceLROnPlateau", 97,
+                                                                                 True)
+    assert (row["KL"], row["FID_high"], row["videos"], row["train_skipped"]) == (6.1, 27.0, 768, 1)

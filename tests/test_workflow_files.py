@@ -1,0 +1,40 @@
+"""Conventions of the workflow files: every rule has a log, a benchmark where it computes, a conda env pinned
+to the versions uv.lock installs."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO
+
+
+def locked_versions() -> dict[str, set[str]]:
+    """Versions per package (a few, e.g. numpy, are locked per Python version)."""
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    versions: dict[str, set[str]] = {}
+    for package in lock["package"]:
+        versions.setdefault(package["name"], set()).add(package["version"])
+    return versions
+
+
+def test_conda_envs_pin_the_locked_versions():
+    locked = locked_versions()
+    for env_file in (REPO / "workflow/envs").glob("*.yaml"):
+        env = yaml.safe_load(env_file.read_text())
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+        for requirement in pip:
+            name, version = requirement.split("==")
+            key = name.lower().replace("_", "-")
+            assert key in locked, f"{env_file.name}: {name} is not in uv.lock"
+            assert version in locked[key], f"{env_file.name}: {name}=={version} but uv.lock has {locked[key]}"
+
+
+def test_every_rule_has_log_conda_and_resources():
+    for smk in (REPO / "workflow/rules").glob("*.smk"):
+        text = smk.read_text()
+        for block in re.split(r"\n(?=rule |checkpoint )", text)[1:]:
+            name = block.split(":", 1)[0].split()[1]
+            assert "\n    log:" in block, f"{smk.name}: rule {name} has no log"
+            assert "\n    conda:" in block, f"{smk.name}: rule {name} has no conda env"
+            assert "\n    resources:" in block, f"{smk.name}: rule {name} has no resources"

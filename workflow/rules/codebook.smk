@@ -1,0 +1,71 @@
+"""Stage 1: the spectrogram codebook (SPEC section 4) and the token grids it encodes."""
+
+
+rule fetch_checkpoint:
+    """A released SpecVQGAN checkpoint (SPEC section 10), MD5 checked; on the login node."""
+    output:
+        "resources/checkpoints/{name}.ckpt",
+    params:
+        spec=lambda w: config["checkpoints"][w.name],
+    log:
+        f"{LOGS}/fetch_checkpoint/{{name}}.log",
+    conda:
+        CPU_ENV
+    resources:
+        runtime=by_attempt(120),
+    script:
+        "../scripts/fetch_checkpoint.py"
+
+
+localrules:
+    fetch_checkpoint,
+
+
+rule train_codebook:
+    input:
+        train=data_shards("train"),
+        valid=data_shards("valid"),
+    output:
+        checkpoint=f"{R}/codebook/codebook.ckpt",
+        metrics=f"{R}/codebook/metrics.csv",
+    params:
+        model=config["codebook"]["model"],
+        train=config["codebook"]["train"],
+        crop_frames=config["audio"]["crop_frames"],
+    log:
+        f"{LOGS}/train_codebook.log",
+    benchmark:
+        f"{LOGS}/benchmarks/train_codebook.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    priority: 50  # the long pole: start it before the feature jobs that only the transformers need
+    resources:
+        runtime=by_attempt(4320),
+        mem_mb=by_attempt(32000),
+        gpu=GPU,
+    script:
+        "../scripts/train_codebook.py"
+
+
+rule encode_tokens:
+    input:
+        clips=f"{R}/data/{{split}}/shard{{shard}}",
+        codebook=codebook_checkpoint(),
+    output:
+        f"{R}/codebook/tokens/{{split}}/shard{{shard}}.npy",
+    params:
+        crop_frames=config["audio"]["crop_frames"],
+    log:
+        f"{LOGS}/encode_tokens/{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/encode_tokens/{{split}}-{{shard}}.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(60),
+        mem_mb=by_attempt(8000),
+        gpu=GPU,
+    script:
+        "../scripts/encode_tokens.py"

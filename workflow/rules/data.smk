@@ -1,0 +1,106 @@
+"""Videos -> per-clip 10 s wav, re-timed video and mel, in shards (SPEC sections 1-2)."""
+
+
+rule make_synthetic_videos:
+    output:
+        directory(f"{R}/raw"),
+    params:
+        synthetic=config["synthetic"],
+        seconds=config["audio"]["seconds"],
+    log:
+        f"{LOGS}/make_synthetic_videos.log",
+    benchmark:
+        f"{LOGS}/benchmarks/make_synthetic_videos.tsv"
+    conda:
+        CPU_ENV
+    resources:
+        runtime=by_attempt(10),
+        mem_mb=by_attempt(2000),
+    script:
+        "../scripts/make_synthetic_videos.py"
+
+
+rule list_clips:
+    """Every clip with its class, split (the VAS rule) and shard."""
+    input:
+        raw_videos(),
+    output:
+        f"{R}/data/clips.tsv",
+    params:
+        dataset=config["dataset"],
+        valid_per_class=(
+            config["synthetic"]["valid_per_class"]
+            if config["dataset"] == "synthetic"
+            else config["vas"]["valid_per_class"]
+        ),
+        shards=config["shards"],
+    log:
+        f"{LOGS}/list_clips.log",
+    benchmark:
+        f"{LOGS}/benchmarks/list_clips.tsv"
+    conda:
+        CPU_ENV
+    resources:
+        runtime=by_attempt(10),
+        mem_mb=by_attempt(1000),
+    script:
+        "../scripts/list_clips.py"
+
+
+rule preprocess_clips:
+    """SpecVQGAN's ffmpeg chain per clip; clips that fail are listed with the reason, not fatal."""
+    input:
+        clips=f"{R}/data/clips.tsv",
+    output:
+        directory(f"{R}/data/{{split}}/shard{{shard}}"),
+    params:
+        data=data_params(),
+    log:
+        f"{LOGS}/preprocess_clips/{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/preprocess_clips/{{split}}-{{shard}}.tsv"
+    conda:
+        CPU_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(240),
+        mem_mb=by_attempt(4000),
+    script:
+        "../scripts/preprocess_clips.py"
+
+
+rule download_vas:
+    """RegNet's VAS.zip (SPEC section 1); on the login node, as compute nodes are often offline."""
+    output:
+        "resources/vas/VAS.zip",
+    params:
+        url=config["vas"]["url"],
+        md5=config["vas"]["md5"],
+    log:
+        f"{LOGS}/download_vas.log",
+    conda:
+        CPU_ENV
+    resources:
+        runtime=by_attempt(240),
+    script:
+        "../scripts/download.py"
+
+
+rule unpack_vas:
+    input:
+        "resources/vas/VAS.zip",
+    output:
+        directory("resources/vas/raw"),
+    log:
+        f"{LOGS}/unpack_vas.log",
+    conda:
+        CPU_ENV
+    resources:
+        runtime=by_attempt(60),
+    script:
+        "../scripts/unpack_vas.py"
+
+
+localrules:
+    download_vas,
+    unpack_vas,
