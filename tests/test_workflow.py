@@ -48,6 +48,7 @@ def planned_jobs(output: str) -> list[tuple[str, str]]:
 
 
 def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
@@ -69,7 +70,7 @@ def test_lint_is_clean():
 
 def test_full_study_plans_every_run_quickly():
     start = time.monotonic()
-    result = snakemake("-n", "--quiet", "rules", "results/table.csv")
+    result = snakemake("-n", "results/table.csv", "--quiet", "rules")
     elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stdout + result.stderr
     counts = job_counts(result.stdout)
