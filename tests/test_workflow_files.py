@@ -30,11 +30,12 @@ def test_conda_envs_pin_the_locked_versions():
             assert version in locked[key], f"{env_file.name}: {name}=={version} but uv.lock has {locked[key]}"
 
 
-def test_every_rule_has_log_conda_and_resources():
+def test_every_rule_has_log_benchmark_conda_and_resources():
     for smk in (REPO / "workflow/rules").glob("*.smk"):
         text = smk.read_text()
         for block in re.split(r"\n(?=rule |checkpoint )", text)[1:]:
             name = block.split(":", 1)[0].split()[1]
             assert "\n    log:" in block, f"{smk.name}: rule {name} has no log"
+            assert "\n    benchmark:" in block, f"{smk.name}: rule {name} has no benchmark"
             assert "\n    conda:" in block, f"{smk.name}: rule {name} has no conda env"
             assert "\n    resources:" in block, f"{smk.name}: rule {name} has no resources"

@@ -9,6 +9,8 @@ rule fetch_checkpoint:
         spec=lambda w: config["checkpoints"][w.name],
     log:
         f"{LOGS}/fetch_checkpoint/{{name}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/fetch_checkpoint/{{name}}.tsv"
     conda:
         CPU_ENV
     resources:

@@ -78,6 +78,8 @@ rule download_vas:
         md5=config["vas"]["md5"],
     log:
         f"{LOGS}/download_vas.log",
+    benchmark:
+        f"{LOGS}/benchmarks/download_vas.tsv"
     conda:
         CPU_ENV
     resources:
@@ -93,6 +95,8 @@ rule unpack_vas:
         directory("resources/vas/raw"),
     log:
         f"{LOGS}/unpack_vas.log",
+    benchmark:
+        f"{LOGS}/benchmarks/unpack_vas.tsv"
     conda:
         CPU_ENV
     resources:

@@ -94,6 +94,8 @@ rule aggregate_table:
         runs=list(RUNS.values()),
     log:
         f"{LOGS}/aggregate_table.log",
+    benchmark:
+        f"{LOGS}/benchmarks/aggregate_table.tsv"
     conda:
         CPU_ENV
     resources:

@@ -7,6 +7,8 @@ rule fetch_weights:
         "resources/weights/{filename}",
     log:
         f"{LOGS}/fetch_weights/{{filename}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/fetch_weights/{{filename}}.tsv"
     conda:
         TORCH_ENV
     resources:
