@@ -155,11 +155,13 @@ def test_conditioned_runs_beat_the_no_feats_baseline_on_mkl(demo):
 
 def test_every_rule_left_a_benchmark_and_a_log(demo):
     workdir, _ = demo
-    benchmarks = {p.relative_to(workdir / "logs/demo/benchmarks").parts[0].removesuffix(".tsv")
-                  for p in (workdir / "logs/demo/benchmarks").rglob("*.tsv")}
+    logs = workdir / "logs/demo"
+    benchmarks = {p.relative_to(logs / "benchmarks").with_suffix("") for p in (logs / "benchmarks").rglob("*.tsv")}
+    logged = {p.relative_to(logs).with_suffix("") for p in logs.rglob("*.log")}
+    assert benchmarks == logged
     assert {"make_synthetic_videos", "list_clips", "preprocess_clips", "extract_features", "train_codebook",
-            "encode_tokens", "train_gpt", "sample_tokens", "train_melgan", "vocode", "train_melception",
-            "score_reference", "score_run"} <= benchmarks
+            "encode_tokens", "train_gpt", "sample_tokens", "vocode", "train_melception", "score_reference",
+            "score_run", "aggregate_table"} == {p.parts[0] for p in benchmarks}
 
 
 def test_second_invocation_runs_nothing(demo):

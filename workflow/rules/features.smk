@@ -26,7 +26,8 @@ rule extract_features:
         clips=f"{R}/data/{{split}}/shard{{shard}}",
         weights=feature_weights,
     output:
-        f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.npy",
+        features=f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.npy",
+        index=f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.tsv",
     params:
         backbone=lambda w: {
             "name": w.backbone,

@@ -2,7 +2,7 @@
 import torch
 
 from i2a.backbones import build_backbone
-from i2a.dataset import Shard
+from i2a.dataset import Shard, write_tsv
 from i2a.features import extract_features
 from i2a.jobs import start_job
 
@@ -11,8 +11,9 @@ spec, frames = snakemake.params.backbone, snakemake.params.frames
 backbone = build_backbone(spec["name"], weights=spec["weights"], cache_dir="resources/weights",
                           image_size=spec["image_size"])
 shard = Shard(snakemake.input.clips)
-extract_features(backbone, shard.video_paths(), snakemake.output[0], total=frames["total"], crop=frames["crop"],
-                 dtype=snakemake.params.dtype,
+extract_features(backbone, shard.video_paths(), snakemake.output.features, total=frames["total"],
+                 crop=frames["crop"], dtype=snakemake.params.dtype,
                  batch_size=snakemake.config["backbones"][spec["name"]]["batch_size"],
                  num_workers=snakemake.threads, device="cuda" if torch.cuda.is_available() else "cpu")
-log.info("%d clips -> %s", len(shard.clips), snakemake.output[0])
+write_tsv(shard.ok[["clip", "class"]], snakemake.output.index)  # row i of the .npy is this table's row i
+log.info("%d clips -> %s", len(shard.clips), snakemake.output.features)
