@@ -8,10 +8,7 @@ are read from local files only (GPU nodes are often offline): `fetch_weights` (r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import os
-import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass, replace
@@ -24,6 +21,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from i2a.download import download, file_digest
 from i2a.weights import (ACCEPTED_WEIGHTS, DEFAULT_CACHE_DIR, WEIGHT_FILES, WeightFile, is_path as _is_path,
                          resolve_weights_name as _resolve_weights_name, weights_file_for)
 
@@ -96,12 +94,8 @@ class ChecksumError(ValueError):
     pass
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_of(path: str | Path) -> str:
+    return file_digest(path, "sha256")
 
 
 def verify_checksum(path: str | Path, expected: str) -> None:
@@ -276,24 +270,8 @@ def fetch_weights(name: str, weights: str = "default", cache_dir: str | Path = D
     if path.is_file():
         verify_checksum(path, wf.sha256)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    done = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(wf.url, headers={"Range": f"bytes={done}-"} if done else {})
-    log.info("downloading %s -> %s (resuming at %d bytes)", wf.url, path, done)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        if done and response.status != 206:  # server ignored the range: start over
-            done = 0
-        with open(part, "ab" if done else "wb") as fh:
-            while block := response.read(1 << 20):
-                fh.write(block)
-    try:
-        verify_checksum(part, wf.sha256)
-    except ChecksumError:
-        part.unlink()
-        raise
-    os.replace(part, path)
-    return path
+    log.info("downloading %s -> %s", wf.url, path)
+    return download(wf.url, path, sha256_prefix=wf.sha256.lower())
 
 
 def fetch_weights_file(path: str | Path) -> Path:
