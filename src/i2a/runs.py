@@ -92,8 +92,8 @@ def sample_run(transformer_ckpt: str, codebook_ckpt: str, feature_files: Sequenc
     mels = None
     for start in tqdm(range(0, n_videos, videos_per_batch), desc="sampling", mininterval=10):
         stop = min(n_videos, start + videos_per_batch)
-        rows = np.repeat(np.arange(start, stop), K)
-        batch_feats = None if feats is None else np.stack([feats[i] for i in rows])
+        # each video's features are read once and shared by its K samples
+        batch_feats = None if feats is None else np.repeat(np.stack([feats[i] for i in range(start, stop)]), K, axis=0)
         batch_seeds = seeds[start:stop].ravel()
         cond = condition(hp, batch_feats, batch_seeds, S, gpt.config.feat_dim).to(device)
         out = sample_tokens(gpt, cond, n_tokens, top_k=sampling["top_k"], temperature=sampling["temperature"],
