@@ -227,13 +227,17 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return (wav if wav.ndim == 1 else wav.mean(axis=1)), rate
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """(mono float32 samples, rate) of a media file's first audio track, decoded (and resampled) by PyAV."""
+def _open_container(path: str | Path):
+    """PyAV container of a media file; a file PyAV cannot open is a BadClip with FFmpeg's reason."""
     try:
-        container = av.open(str(path))
+        return av.open(str(path))
     except av.FFmpegError as err:
         raise BadClip(f"cannot open {path}: {_short(err)}") from err
-    with container:
+
+
+def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """(mono float32 samples, rate) of a media file's first audio track, decoded (and resampled) by PyAV."""
+    with _open_container(path) as container:
         if not container.streams.audio:
             raise BadClip(f"{path}: no audio track")
         stream = container.streams.audio[0]
@@ -257,11 +261,7 @@ def read_video_frames(path: str | Path, fps: float | None = None) -> np.ndarray:
     With `fps`, frames are picked by timestamp the way ffmpeg's fps filter does (round-to-nearest slots,
     the latest frame at or before each slot, the last frame held until its end), without re-encoding.
     """
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as err:
-        raise BadClip(f"cannot open {path}: {_short(err)}") from err
-    with container:
+    with _open_container(path) as container:
         if not container.streams.video:
             raise BadClip(f"{path}: no video track")
         stream = container.streams.video[0]
