@@ -1,4 +1,5 @@
 """A released SpecVQGAN checkpoint: download (MD5 checked), unpack the .ckpt from its tar.gz."""
+import shutil
 from pathlib import Path
 
 from i2a.download import download, extract_checkpoint, record_or_check_md5
@@ -14,6 +15,6 @@ if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
     extract_checkpoint(archive, out, spec.get("member"))
 else:
     tmp = out.with_name(out.name + ".part")
-    tmp.write_bytes(archive.read_bytes())
+    shutil.copyfile(archive, tmp)  # streamed: the file can be larger than memory
     tmp.replace(out)
 log.info("wrote %s", out)

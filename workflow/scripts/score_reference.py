@@ -1,4 +1,6 @@
 """Melception outputs of the real validation spectrograms, the reference every run is scored against."""
+import os
+
 import numpy as np
 import torch
 
@@ -18,7 +20,5 @@ outputs = melception_outputs(model, split_mels(snakemake.input.clips, snakemake.
 tmp = snakemake.output[0] + ".tmp.npz"
 np.savez(tmp, clips=np.array(list(clips["clip"]), dtype=str), classes=np.array(list(clips["class"]), dtype=str),
          **outputs)
-import os
-
 os.replace(tmp, snakemake.output[0])
 log.info("reference: %d real clips", len(clips))
