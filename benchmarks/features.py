@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import av
-import imageio_ffmpeg
 import numpy as np
 import torch
 import torchvision.transforms as T
 
 from i2a.backbones import BACKBONES, Backbone, build_backbone
 from i2a.features import extract_features
-from i2a.media import read_video_frames
+from i2a.media import ffmpeg_exe, read_video_frames
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vas-samples" / "videos"
 FPS = 21.5
@@ -49,7 +48,7 @@ def video_features_way(backbone: Backbone, paths: list[Path], batch_size: int, s
     per_frame = T.Compose([T.ToPILImage(), T.Resize(tf.resize, interpolation=interp), T.CenterCrop(tf.crop),
                            T.ToTensor(), T.Normalize(tf.mean, tf.std)])
     model = backbone.model  # as built: contiguous (NCHW) weights, BatchNorm separate
-    ffmpeg, n = imageio_ffmpeg.get_ffmpeg_exe(), 0
+    ffmpeg, n = ffmpeg_exe(), 0
     with tempfile.TemporaryDirectory() as tmp:
         for path in paths:
             new = Path(tmp) / f"{path.stem}_new_fps.mp4"

@@ -90,3 +90,66 @@ def test_unpack_zip_refuses_paths_outside_the_target(tmp_path):
     with pytest.raises(DownloadError, match="unsafe path"):
         unpack_zip(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path.parent / "escape.txt").exists()
+
+
+class DriveHandler(http.server.BaseHTTPRequestHandler):
+    """Google Drive's answer for a large file: a warning page whose form leads to the file."""
+
+    def do_GET(self):  # noqa: N802
+        if self.path.startswith("/uc"):
+            body = (b'<html><body><form id="download-form" action="/download" method="get">'
+                    b'<input type="hidden" name="id" value="abc"><input type="hidden" name="export" value="download">'
+                    b'<input type="hidden" name="confirm" value="t"></form></body></html>')
+            kind = "text/html; charset=utf-8"
+        elif self.path == "/download?id=abc&export=download&confirm=t":
+            body, kind = PAYLOAD, "application/octet-stream"
+        else:  # quota page: no form
+            body, kind = b"<html><body>Too many users have viewed or downloaded this file</body></html>", "text/html"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", kind)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def drive():
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), DriveHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_google_drive_warning_page_is_followed_to_the_file(drive, tmp_path):
+    dest = download(f"{drive}/uc?export=download&id=abc", tmp_path / "VAS.zip", md5=hashlib.md5(PAYLOAD).hexdigest())
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_a_web_page_instead_of_the_file_says_what_to_do(drive, tmp_path):
+    with pytest.raises(DownloadError, match="web page instead of the file.*vas.source: local"):
+        download(f"{drive}/quota", tmp_path / "VAS.zip")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unpack_vas_lays_out_classes_and_leaves_nothing_half_done(tmp_path):
+    from i2a.dataset import unpack_vas
+
+    archive = tmp_path / "VAS.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel in ["VAS/dog/videos/video_00001.mp4", "VAS/dog/videos/video_00002.mp4", "VAS/baby/videos/v 'ü'.mp4",
+                    "VAS/README.txt"]:
+            zf.writestr(rel, rel)
+    counts = unpack_vas(archive, tmp_path / "raw")
+    assert counts == {"dog": 2, "baby": 1}
+    assert sorted(str(p.relative_to(tmp_path / "raw")) for p in (tmp_path / "raw").rglob("*.mp4")) == [
+        "baby/v 'ü'.mp4", "dog/video_00001.mp4", "dog/video_00002.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VAS.zip", "raw"]
+    # an archive without class folders fails without leaving a folder behind
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("misc/a.mp4", "x")
+    with pytest.raises(ValueError, match="no videos inside class folders"):
+        unpack_vas(tmp_path / "other.zip", tmp_path / "raw2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VAS.zip", "other.zip", "raw"]

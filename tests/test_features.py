@@ -79,7 +79,8 @@ def test_extract_features_of_small_videos(tmp_path, resnet18):
     short = write_video(tmp_path / "short.mp4", n_frames=12, seed=1)
     long = write_video(tmp_path / "long.mp4", n_frames=30, seed=2)
     out = tmp_path / "feats" / "shard0.npy"
-    got = extract_features(resnet18, [short, long, short], out, total=20, crop=16, batch_size=8, num_workers=2)
+    got = extract_features(resnet18, [short, long, short], out, total=20, crop=16, batch_size=8, num_workers=2,
+                           fps=None)
     assert got.shape == (3, 16, 512) and got.dtype == np.float32
     assert np.array_equal(np.load(out), got)
     # = per-frame features of all decoded frames, then SpecVQGAN's tile/trim + centre crop
@@ -90,11 +91,11 @@ def test_extract_features_of_small_videos(tmp_path, resnet18):
     assert not np.allclose(got[0, 0], got[0, 1])  # moving content: frames differ
     # deterministic, and independent of the decode threads and the stored dtype's rounding
     again = extract_features(resnet18, [short, long, short], tmp_path / "again.npy", total=20, crop=16,
-                             batch_size=5, num_workers=0, dtype="float16")
+                             batch_size=5, num_workers=0, dtype="float16", fps=None)
     assert again.dtype == np.float16
     np.testing.assert_allclose(again.astype(np.float32), got, rtol=2e-3, atol=2e-3)
     third = extract_features(resnet18, [short, long, short], tmp_path / "third.npy", total=20, crop=16,
-                             batch_size=8, num_workers=1)
+                             batch_size=8, num_workers=1, fps=None)
     assert np.array_equal(third, got)
 
 
@@ -118,13 +119,13 @@ def test_golden_resnet50_features_match_the_authors(tmp_path):
 
     clips = sorted(videos.glob("*/*.mp4"))
     assert len(clips) == 10
-    retimed = []
-    for clip in clips:  # the authors' chain: loop/cut to 10 s, re-time to 21.5 fps
+    cut = []
+    for clip in clips:  # the authors' chain: loop and cut to 10 s; frames are then taken at 21.5 fps
         dst = tmp_path / clip.parent.name / clip.name
         preprocess_clip(clip, dst, dst.with_suffix(".wav"))
-        retimed.append(dst)
+        cut.append(dst)
     bb = build_backbone("resnet50", "imagenet_v1", cache_dir=weights.parent)
-    ours = extract_features(bb, retimed, tmp_path / "ours.npy", total=215, crop=215, num_workers=1)
+    ours = extract_features(bb, cut, tmp_path / "ours.npy", total=215, crop=215, num_workers=1, fps=21.5)
     for clip, feats in zip(clips, ours):
         pkl = videos.parent / "features" / clip.parent.name / "feature_resnet50_dim2048_21.5fps" / f"{clip.stem}.pkl"
         with open(pkl, "rb") as fh:

@@ -8,43 +8,17 @@ import pytest
 import soundfile
 
 from i2a.media import BadClip, ffmpeg_duration_string, ffmpeg_exe, preprocess_clip, read_audio, read_video_frames
-from i2a.synthetic import TOY_CLASSES, render_clip, write_mp4
+from i2a.synthetic import write_mp4
+from media_files import toy_clip, write_streams
 
 SR = 22050
-
-
-def _toy(seconds, fps=25.0, rate=44100, seed=0):
-    return render_clip(TOY_CLASSES[1], np.random.default_rng(seed), seconds, fps, rate, (64, 80))
-
-
-def _write(path, frames=None, audio=None, fps=25, rate=44100, fmt="mp4", audio_codec="aac", options=None):
-    """A file with only the streams given (video-only, audio-only, odd codecs)."""
-    with av.open(str(path), mode="w", format=fmt, options=options or {}) as out:
-        v = a = None
-        if frames is not None:
-            v = out.add_stream("libx264", rate=fps)
-            v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if audio is not None:
-            a = out.add_stream(audio_codec, rate=rate, layout="mono")
-        if v is not None:
-            for img in frames:
-                out.mux(v.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-            out.mux(v.encode())
-        if a is not None:
-            fmt_a = "fltp" if audio_codec == "aac" else "s16"
-            data = audio[None] if fmt_a == "fltp" else (audio[None] * 32767).astype(np.int16)
-            for s in range(0, audio.size, 1024):
-                f = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[:, s:s + 1024]), format=fmt_a, layout="mono")
-                f.sample_rate, f.pts = rate, s
-                out.mux(a.encode(f))
-            out.mux(a.encode())
 
 
 @pytest.fixture(scope="module")
 def good_clip(tmp_path_factory):
     folder = tmp_path_factory.mktemp("odd names") / "dir with spaces 'q' \"dq\" ü"
     path = folder / "-clip 'it''s' \"dq\" $HOME ; ü ж.mp4"
-    frames, audio = _toy(1.3)
+    frames, audio = toy_clip(1.3)
     write_mp4(path, frames, audio, 25.0, 44100)
     return path
 
@@ -52,16 +26,18 @@ def good_clip(tmp_path_factory):
 def test_preprocess_good_clip_with_odd_name(good_clip, tmp_path):
     out = tmp_path / "out dir ü 'x'"
     video, wav = out / "v 'ü'.mp4", out / "a \"ü\".wav"
-    info = preprocess_clip(good_clip, video, wav, seconds=3.0, fps=21.5)
+    info = preprocess_clip(good_clip, video, wav, seconds=3.0)
     samples, rate = soundfile.read(str(wav), dtype="int16")
     assert rate == SR and samples.shape == (3 * SR,) and np.abs(samples).max() > 1000
     assert info["duration_str"] == "00:00:01.30" and info["n_loops"] == 3  # 3 // 1.3 + 1, as their script
-    assert abs(info["n_frames"] - round(3.0 * 21.5)) <= 3
+    assert abs(info["n_frames"] - 3.0 * 25) <= 2  # the cut video keeps the source's 25 fps
     with av.open(str(video)) as c:
         v = c.streams.video[0]
-        assert float(v.average_rate) == 21.5 and v.frames == info["n_frames"]
-        assert c.streams.audio, "the re-timed video keeps its audio, as in their chain"
+        assert v.frames == info["n_frames"]
+        assert abs(c.duration / 1e6 - 3.0) < 0.1
+        assert c.streams.audio, "the cut video keeps its audio, as in their chain"
     assert read_video_frames(video).shape == (info["n_frames"], 64, 80, 3)
+    assert abs(len(read_video_frames(video, fps=21.5)) - 3.0 * 21.5) <= 2
     # the loop repeats the clip: the wav's first 1.3 s come back after 1.3 s (AAC-lossy, so correlate)
     x = samples.astype(np.float64)
     n = int(1.3 * SR)
@@ -71,13 +47,14 @@ def test_preprocess_good_clip_with_odd_name(good_clip, tmp_path):
 
 
 def test_short_clip_is_looped(tmp_path):
-    frames, audio = _toy(0.1, seed=1)
+    frames, audio = toy_clip(0.1, seed=1)
     src = tmp_path / "tiny.mp4"
-    _write(src, frames, audio)
+    write_streams(src, frames, audio)
     info = preprocess_clip(src, tmp_path / "v.mp4", tmp_path / "a.wav", seconds=2.0)
     wav, rate = soundfile.read(str(tmp_path / "a.wav"))
     assert rate == SR and wav.shape == (2 * SR,)
-    assert info["n_loops"] >= 15 and abs(info["n_frames"] - 43) <= 3
+    # audio and video are looped: 2-frame plays of the 0.1 s video, as many as the cut to 2 s keeps
+    assert info["n_loops"] >= 15 and info["n_frames"] >= 30
     # the sound repeats throughout instead of stopping after 0.1 s
     assert np.abs(wav[-SR // 2:]).max() > 0.05
 
@@ -110,8 +87,8 @@ def test_bad_truncated_mp4(good_clip, tmp_path):
 def test_truncated_faststart_mp4_uses_what_decodes(tmp_path):
     """With the index in front, a cut file still opens: the decodable head is looped (as ffmpeg would in
     their chain); when nothing of the audio decodes, it is a BadClip."""
-    frames, audio = _toy(1.3)
-    _write(tmp_path / "whole.mp4", frames, audio, options={"movflags": "faststart"})
+    frames, audio = toy_clip(1.3)
+    write_streams(tmp_path / "whole.mp4", frames, audio, options={"movflags": "faststart"})
     data = (tmp_path / "whole.mp4").read_bytes()
     (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
     info = preprocess_clip(tmp_path / "half.mp4", tmp_path / "v.mp4", tmp_path / "a.wav", seconds=2.0)
@@ -123,20 +100,20 @@ def test_truncated_faststart_mp4_uses_what_decodes(tmp_path):
 
 
 def test_bad_no_audio_track(tmp_path):
-    frames, _ = _toy(0.5)
-    _write(tmp_path / "mute.mp4", frames=frames)
+    frames, _ = toy_clip(0.5)
+    write_streams(tmp_path / "mute.mp4", frames=frames)
     _assert_bad(tmp_path / "mute.mp4", tmp_path, "no audio track")
 
 
 def test_bad_no_video_track(tmp_path):
-    _, audio = _toy(0.5)
-    _write(tmp_path / "radio.mp4", audio=audio)
+    _, audio = toy_clip(0.5)
+    write_streams(tmp_path / "radio.mp4", audio=audio)
     _assert_bad(tmp_path / "radio.mp4", tmp_path, "no video track")
 
 
 def test_bad_audio_too_short_to_loop(tmp_path):
-    frames, _ = _toy(0.2)
-    _write(tmp_path / "blip.mkv", frames=frames, audio=np.full(100, 0.1, np.float32), fmt="matroska",
+    frames, _ = toy_clip(0.2)
+    write_streams(tmp_path / "blip.mkv", frames=frames, audio=np.full(100, 0.1, np.float32), fmt="matroska",
            audio_codec="pcm_s16le")  # 100 samples = 2.3 ms: rounds to 00:00:00.00
     _assert_bad(tmp_path / "blip.mkv", tmp_path, "too short")
 
@@ -161,7 +138,7 @@ def test_read_video_frames_fps_matches_ffmpeg_fps_filter(tmp_path):
     frames = np.repeat((8 + 6 * np.arange(n, dtype=np.uint8))[:, None, None, None], 3, axis=3) * np.ones(
         (1, 32, 48, 3), np.uint8)
     src = tmp_path / "ramp.mp4"
-    _write(src, frames=frames, fps=fps_in)
+    write_streams(src, frames=frames, fps=fps_in)
     for fps in (21.5, 10, 30):
         ours = read_video_frames(src, fps=fps)[..., 0].reshape(-1, 32 * 48).mean(1)
         raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(src), "-vf", f"fps={fps}", "-f", "rawvideo",

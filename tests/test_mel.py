@@ -1,9 +1,9 @@
 """Golden test of the whole audio chain: our preprocess_clip + mel_spectrogram against the authors' mels.
 
 The remaining difference is the AAC encoder, not the chain: ffmpeg's encoder is chaotic (bit reservoir and
-rate loop), so a last-bit float difference between ffmpeg builds changes every later frame. With an
-ffmpeg 4.2 binary the same code reproduces two clips bit for bit and the rest to ~0.004 mean abs diff;
-with the ffmpeg 9 imageio-ffmpeg ships we measured per-clip 0.0002..0.0138, mean 0.0063 (see media.py).
+rate loop), so a last-bit float difference between ffmpeg builds changes every later frame. With the static
+ffmpeg 4.2.2 the project pins (imageio-ffmpeg 0.4.9) we measured per clip 0.0000 (two clips bit-exact) to
+0.0106, mean 0.0037; ffmpeg 9 gave 0.0002..0.0138, mean 0.0063 (see media.py).
 """
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +22,8 @@ CLIPS = ["baby/video_01951", "cough/video_00331", "dog/video_02677", "dog/video_
          "drum/video_02542", "fireworks/video_02997", "fireworks/video_03051", "gun/video_00819",
          "hammer/video_00323"]
 PER_CLIP_LIMIT = 0.03  # SPEC's bound for every clip
-PER_CLIP_MEASURED = 0.02  # worst measured 0.0138 (fireworks/video_02997)
-MEAN_LIMIT = 0.008  # measured 0.0063
+PER_CLIP_MEASURED = 0.015  # worst measured 0.0106 (hammer/video_00323)
+MEAN_LIMIT = 0.005  # measured 0.0037
 
 
 def test_full_chain_matches_authors_mels(tmp_path):

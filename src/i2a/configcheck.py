@@ -5,6 +5,7 @@ module turns its errors into one readable line and adds the checks a schema cann
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -72,8 +73,13 @@ def check_config_semantics(config: dict[str, Any]) -> None:
         raise ConfigError(f"config key audio.crop_frames: {audio['crop_frames']} > audio.keep_frames {audio['keep_frames']}")
     if video["feat_crop"] > video["feat_frames"]:
         raise ConfigError(f"config key video.feat_crop: {video['feat_crop']} > video.feat_frames {video['feat_frames']}")
-    if config["dataset"] == "vas" and config["vas"]["source"] == "local" and not config["vas"]["local_dir"]:
-        raise ConfigError("config key vas.local_dir: required when vas.source is local (a folder of <class>/<clip>.mp4)")
+    if config["dataset"] == "vas" and config["vas"]["source"] == "local":
+        local_dir = config["vas"]["local_dir"]
+        if not local_dir:
+            raise ConfigError("config key vas.local_dir: required when vas.source is local (a folder of <class>/<clip>.mp4)")
+        if not Path(local_dir).is_dir():
+            raise ConfigError(f"config key vas.local_dir: {local_dir} is not a folder (expected <class>/<clip>.mp4 "
+                              "inside; or set vas.source: download)")
     for i, run in enumerate(config["runs"]):
         where = f"runs[{i}] ({run['name']})"
         if run["embed"] % run["heads"]:
@@ -96,6 +102,11 @@ def check_config_semantics(config: dict[str, Any]) -> None:
                                   "VAS codebook (codebook.source: released)")
             if released not in config["checkpoints"]:
                 raise ConfigError(f"config key checkpoints.{released}: missing (url and md5 of the released model)")
+    melception = config["melception"]
+    if (melception["source"] == "released" or melception["path"]) and not melception["stats"] \
+            and "melception_stats" not in config["checkpoints"]:
+        raise ConfigError("config key melception.stats: the released Melception needs its per-mel-bin statistics; "
+                          "set it to a train_means_stds_melspec_10s_22050hz.txt or add checkpoints.melception_stats")
     for section, name in (("codebook", "vas_codebook"), ("vocoder", "melgan"), ("melception", "melception")):
         cfg = config[section]
         if cfg["source"] == "released" and not cfg.get("path") and name not in config["checkpoints"]:

@@ -3,13 +3,13 @@
 A preprocessed shard folder holds:
   clips.tsv   one row per clip of the shard: clip, class, status (ok | skipped), reason, file
   mels.npy    (n_ok, n_mels, keep_frames) float32 in [0, 1], rows in the order of the ok clips
-  wav/<file>.wav, video/<file>.mp4   the 10 s mono wav and the re-timed video of each ok clip
+  wav/<file>.wav, video/<file>.mp4   the 10 s mono wav and the 10 s video (with audio) of each ok clip;
+              frames are read from it at 21.5 fps by timestamp (i2a.media.read_video_frames)
 File stems are row numbers, so clip names with spaces, quotes or non-ASCII letters never reach a command line.
 """
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from i2a.mel import MelSpec, mel_spectrogram
-from i2a.store import save_npy
+from i2a.parallel import prefetched
+from i2a.store import NpyRowWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def make_clip_table(raw_dir: str | Path, valid_per_class: dict[str, int] | int, 
 
 
 def read_clip_table(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, sep="\t", dtype=str, quoting=3, keep_default_na=False)
+    """A table write_tsv wrote: no quoting, backslash escapes, so any clip name (quotes, tabs) round-trips."""
+    table = pd.read_csv(path, sep="\t", dtype=str, quoting=3, keep_default_na=False, escapechar="\\")
     if "shard" in table:
         table["shard"] = table["shard"].astype(int)
     return table
@@ -77,9 +79,13 @@ def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, seconds: float, fps: float,
+def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, seconds: float,
                      workers: int = 2) -> pd.DataFrame:
-    """Run the SpecVQGAN chain over one shard's clips; bad clips are recorded with their reason."""
+    """Run the SpecVQGAN chain over one shard's clips; bad clips are recorded with their reason.
+
+    Memory stays flat whatever the shard size: mels are streamed to disk one at a time and at most
+    2 x workers clips are in flight.
+    """
     from i2a.media import BadClip, preprocess_clip
 
     out_dir = Path(out_dir)
@@ -91,16 +97,16 @@ def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, sec
         stem = f"{row_number:05d}"
         wav_path, video_path = out_dir / "wav" / f"{stem}.wav", out_dir / "video" / f"{stem}.mp4"
         try:
-            preprocess_clip(row["path"], video_path, wav_path, seconds=seconds, sample_rate=mel.sample_rate, fps=fps)
+            preprocess_clip(row["path"], video_path, wav_path, seconds=seconds, sample_rate=mel.sample_rate)
             spec = mel_spectrogram(read_wav(wav_path, mel.sample_rate), mel)
             return stem, "ok", "", spec
         except BadClip as bad:
             return stem, "skipped", " ".join(str(bad).split()), None
 
-    records, mels = [], []
+    records = []
     rows = list(enumerate(table.to_dict("records")))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(one, rows)
+    results = prefetched(one, rows, workers=max(1, workers), ahead=2 * max(1, workers))
+    with NpyRowWriter(out_dir / "mels.npy", (mel.n_mels, mel.keep_frames), np.float32) as mels:
         for (_, row), (stem, status, reason, spec) in tqdm(zip(rows, results), total=len(rows), desc="clips",
                                                            mininterval=10):
             records.append({"clip": row["clip"], "class": row["class"], "status": status, "reason": reason,
@@ -110,8 +116,6 @@ def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, sec
             else:
                 log.warning("skipped %s: %s", row["clip"], reason)
     manifest = pd.DataFrame(records, columns=["clip", "class", "status", "reason", "file"])
-    empty = np.zeros((0, mel.n_mels, mel.keep_frames), np.float32)
-    save_npy(out_dir / "mels.npy", np.stack(mels) if mels else empty)
     write_tsv(manifest, out_dir / "clips.tsv")
     return manifest
 
@@ -160,9 +164,9 @@ def load_shards(roots) -> list[Shard]:
 
 
 def mel_spec_from_config(audio: dict) -> MelSpec:
-    """The workflow's `audio` config section as a MelSpec."""
+    """The workflow's `audio` config section as a MelSpec (keys it lacks keep MelSpec's defaults)."""
     keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "keep_frames", "crop_frames")
-    return MelSpec(**{k: audio[k] for k in keys})
+    return MelSpec(**{k: audio[k] for k in keys if k in audio})
 
 
 def split_mels(shard_dirs, crop_frames: int | None = None) -> np.ndarray:
@@ -206,4 +210,24 @@ def collect_class_videos(unpacked: str | Path, dest: str | Path, classes=VAS_CLA
         counts[parts[-1]] = counts.get(parts[-1], 0) + 1
     if not counts:
         raise ValueError(f"no videos inside class folders ({', '.join(classes)}) under {unpacked}")
+    return counts
+
+
+def unpack_vas(archive: str | Path, dest: str | Path) -> dict[str, int]:
+    """VAS.zip -> dest/<class>/<clip>.mp4; dest appears only once complete (a killed job leaves no half folder)."""
+    import shutil
+
+    from i2a.download import unpack_zip
+
+    dest = Path(dest)
+    staging, partial = dest.with_name(dest.name + ".unpacked"), dest.with_name(dest.name + ".partial")
+    for leftover in (staging, partial):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        unpack_zip(archive, staging)
+        counts = collect_class_videos(staging, partial)
+        partial.replace(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
     return counts

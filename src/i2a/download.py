@@ -40,15 +40,15 @@ def _open(url: str, start: int, timeout: float):
     return urllib.request.urlopen(request, timeout=timeout)
 
 
-def _google_drive_confirm(url: str, html: bytes) -> str | None:
-    """Google Drive answers large files with a virus-scan page; the real link is in its form."""
-    text = html.decode("utf-8", "replace")
-    action = re.search(r'action="([^"]+)"', text)
-    fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', text))
-    if action and "id" in fields:
-        from urllib.parse import urlencode
+def _confirmation_link(page_url: str, html: bytes) -> str | None:
+    """Google Drive answers large files with a "can't scan for viruses" page; the real link is its form."""
+    from urllib.parse import urlencode, urljoin
 
-        return action.group(1).replace("&amp;", "&") + "?" + urlencode(fields)
+    text = html.decode("utf-8", "replace")
+    action = re.search(r'<form[^>]*action="([^"]+)"', text)
+    fields = dict(re.findall(r'name="([^"]+)"\s+value="([^"]*)"', text))
+    if action and "id" in fields:
+        return urljoin(page_url, action.group(1).replace("&amp;", "&")) + "?" + urlencode(fields)
     return None
 
 
@@ -65,12 +65,14 @@ def download(url: str, dest: str | Path, md5: str | None = None, sha256_prefix: 
         start = part.stat().st_size if part.exists() else 0
         try:
             with _open(url, start, timeout) as response:
-                kind = response.headers.get("Content-Type", "")
-                if "text/html" in kind and "drive.google" in url + response.geturl():
-                    confirmed = _google_drive_confirm(url, response.read())
+                if "text/html" in response.headers.get("Content-Type", ""):  # a web page, not the file
+                    confirmed = _confirmation_link(response.geturl(), response.read(1 << 20))
                     if confirmed is None:
-                        raise DownloadError(f"{url} returned a web page instead of the file (quota exceeded or "
-                                            "the file moved); download it in a browser and use vas.source: local")
+                        raise DownloadError(
+                            f"{url} returned a web page instead of the file (Google Drive: quota exceeded, or "
+                            f"the file moved). Download it in a browser and copy it to {dest}, or set the url to "
+                            "another copy (vas.url), or point vas.source: local at an unpacked copy")
+                    log.info("following the confirmation form of %s", url)
                     url = confirmed
                     continue
                 if start and response.status != 206:  # the server ignored Range: start over

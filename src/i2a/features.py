@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import itertools
 import logging
 import sys
 import time
 import warnings
 import weakref
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -28,7 +25,8 @@ from tqdm import tqdm
 
 from i2a import media
 from i2a.backbones import Backbone
-from i2a.store import save_npy
+from i2a.parallel import prefetched
+from i2a.store import NpyRowWriter
 
 log = logging.getLogger(__name__)
 
@@ -131,66 +129,45 @@ def _clip_crops(path: str | Path, transform, total: int, crop: int,
 
 
 def _prefetched(fn: Callable, items: Sequence, workers: int, ahead: int) -> Iterator:
-    """fn(item) for each item in order, computed up to `ahead` items early in `workers` threads.
-
-    Threads rather than processes: PyAV decoding and torch resizing release the GIL, and nothing needs to be
-    pickled (spawn-based platforms, Snakemake scripts). Each worker's torch ops run single-threaded (the setting
-    is per thread under OpenMP) so they do not fight inference for cores.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
+    """i2a.parallel.prefetched with each worker's torch ops single-threaded (the setting is per thread under
+    OpenMP), so that decoding and resizing do not fight inference for cores."""
     # torch keeps one process-wide default that threads adopt on first use: pin this thread's count first,
     # and restore the default afterwards
     n_threads = torch.get_num_threads()
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=torch.set_num_threads,
-                                initargs=(1,)) as pool:
-            pending: deque[Future] = deque()
-            it = iter(items)
-            try:
-                for item in itertools.islice(it, ahead):
-                    pending.append(pool.submit(fn, item))
-                while pending:
-                    result = pending.popleft().result()
-                    for item in itertools.islice(it, 1):
-                        pending.append(pool.submit(fn, item))
-                    yield result
-            finally:
-                for f in pending:
-                    f.cancel()
+        yield from prefetched(fn, items, workers, ahead, initializer=torch.set_num_threads, initargs=(1,))
     finally:
         torch.set_num_threads(n_threads)
 
 
 def extract_features(backbone: Backbone, video_paths: Sequence[str | Path], out_npy: str | Path,
                      total: int = 215, crop: int = 212, dtype: str = "float32", batch_size: int = 64,
-                     num_workers: int = 2, device: str | torch.device = "cpu",
+                     num_workers: int = 2, device: str | torch.device = "cpu", fps: float | None = 21.5,
                      read_frames: Callable[[str | Path], np.ndarray] | None = None) -> np.ndarray:
     """Features of clips, padded/cropped like SpecVQGAN's loader, saved atomically as [N, crop, D].
 
     Rows follow `video_paths`; a clip that cannot be decoded stops the run with its path (clips are vetted
-    when the dataset is prepared). `read_frames` defaults to `i2a.media.read_video_frames` (the clips are
-    already re-timed to 21.5 fps); it runs in `num_workers` background threads (0: inline).
+    when the dataset is prepared). Frames are taken at `fps` (None: every decoded frame) by
+    `i2a.media.read_video_frames`, or by `read_frames`, in `num_workers` background threads (0: inline).
+    Rows are streamed to disk, so memory does not grow with the number of clips. Returns the file, memory-mapped.
     """
     device = torch.device(device)
     if device.type == "cpu":
         keep_freed_memory()
-    read_frames = read_frames or media.read_video_frames
+    read_frames = read_frames or functools.partial(media.read_video_frames, fps=fps)
     paths = list(video_paths)
-    out = np.empty((len(paths), crop, backbone.feat_dim), dtype=np.dtype(dtype))
     log.info("%s features of %d clips -> %s (%s, %d decode threads)", backbone.name, len(paths), out_npy, device,
              num_workers)
     decode = functools.partial(_clip_crops, transform=backbone.transform, total=total, crop=crop,
                                read_frames=read_frames)
     start, n_frames = time.perf_counter(), 0
     clips = _prefetched(decode, paths, num_workers, ahead=2 * max(num_workers, 1))
-    for i, (crops, inverse) in enumerate(tqdm(clips, total=len(paths), desc=f"features {backbone.name}",
-                                              unit="clip", mininterval=10)):
-        out[i] = _encode(backbone, crops, batch_size, device)[inverse]
-        n_frames += len(crops)
+    with NpyRowWriter(out_npy, (crop, backbone.feat_dim), dtype) as out:
+        for crops, inverse in tqdm(clips, total=len(paths), desc=f"features {backbone.name}", unit="clip",
+                                   mininterval=10):
+            out.append(_encode(backbone, crops, batch_size, device)[inverse])
+            n_frames += len(crops)
     elapsed = time.perf_counter() - start
     log.info("%s: %d clips, %d frames encoded in %.1f s (%.1f frames/s)", backbone.name, len(paths), n_frames,
              elapsed, n_frames / max(elapsed, 1e-9))
-    save_npy(out_npy, out)
-    return out
+    return np.load(out_npy, mmap_mode="r")

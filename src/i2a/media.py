@@ -1,24 +1,28 @@
 """Video and audio I/O, and the per-clip preprocessing chain SpecVQGAN inherited from RegNet (SPEC section 1).
 
 The chain is SpecVQGAN's `feature_extraction/extract_audio_and_video.py`, command for command, with argv lists
-instead of shell strings (so any file name works) and the ffmpeg binary that imageio-ffmpeg ships:
+instead of shell strings (so any file name works) and an ffmpeg from the package registry:
 
   1. `-i src -f wav -vn ori.wav`                          the original audio, to measure its duration
   2. `-ss 0 -t DUR -i src -c:v libx264 -c:a aac -b:a 98k`  the video cut to the audio's duration
   3. `-stream_loop N -i aligned -c copy -fflags +genpts`   N = seconds // DUR + 1 extra plays
   4. `-ss 0 -t SECONDS -i looped -c:v libx264 -c:a aac -b:a 98k`
   5. `-i cut -f wav -vn`, then `-ac 1 -ar 22050`           the mono wav the mels are computed from
-  6. `-i cut -r 21.5 -c:v libx264`                          the re-timed video the frame features come from
+  6. their `-i cut -r 21.5 -c:v libx264` re-timed copy is not written: `read_video_frames(cut, fps=21.5)` picks
+     the same frames by timestamp, as ffmpeg's fps filter does (tests/test_media.py checks it against ffmpeg),
+     without a third lossy x264 generation and without a third of the chain's time (benchmarks/decode.py).
 
 DUR is the duration ffmpeg prints for ori.wav ("HH:MM:SS.cc", rounded to 10 ms), exactly what their script
 parsed. The wav is then padded with zeros or trimmed to seconds * sample_rate samples, as their mel script did
 when loading it.
 
-One deliberate flag: `-aac_coder fast`. It was the AAC encoder's default in the ffmpeg 4.x the authors used
-(conda `ffmpeg=4.3.1`); ffmpeg >= 7 defaults to `twoloop`, whose output is ~1.5 dB louder on uncorrelated
-stereo and 2x further from the authors' mels. The encoder is chaotic (bit reservoir, rate loop): one
-last-bit float difference between builds changes every later frame, so mels match the authors' exactly only
-with their ffmpeg build; set I2A_FFMPEG to use another binary.
+The ffmpeg is the static 4.2.2 build in imageio-ffmpeg 0.4.9, the generation the authors used (conda
+`ffmpeg=4.3.1`), with `-aac_coder fast` (the 4.x default, spelled out). The AAC encoder is chaotic (bit
+reservoir, rate loop): one last-bit float difference between builds changes every later frame, so mels match
+the authors' exactly only with their build. Measured on the 10 golden clips (tests/test_mel.py): ffmpeg 4.2.2
+mean abs diff 0.0037 (two clips bit-exact, worst 0.0106); ffmpeg 7-9 with the same flags 0.0063 (worst
+0.0138); ffmpeg >= 7's default `twoloop` coder is ~1.5 dB louder and 2x further off. Set I2A_FFMPEG to use
+another binary.
 
 Bad inputs raise BadClip(reason): empty files, files ffmpeg cannot open (not media, or an mp4 cut before its
 index), no audio or no video track, audio that decodes to nothing, no decodable video frames. Very short
@@ -28,6 +32,8 @@ is in front still opens: its decodable head is used, as ffmpeg in their chain wo
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import os
 import re
@@ -57,15 +63,31 @@ class BadClip(ValueError):
 
 
 def ffmpeg_exe() -> str:
-    """The ffmpeg binary: $I2A_FFMPEG if set, else the static build imageio-ffmpeg ships (no system ffmpeg)."""
+    """The ffmpeg binary: $I2A_FFMPEG if set, else the static ffmpeg 4.2.2 that imageio-ffmpeg 0.4.9 ships.
+
+    The binary is located without importing imageio_ffmpeg (its 0.4 releases import pkg_resources, which
+    modern environments no longer have).
+    """
     exe = os.environ.get("I2A_FFMPEG")
     if exe:
         if not (shutil.which(exe) or Path(exe).is_file()):
             raise FileNotFoundError(f"I2A_FFMPEG={exe!r} is not an executable; unset it to use imageio-ffmpeg's")
         return exe
-    import imageio_ffmpeg
+    return str(_bundled_ffmpeg())
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+
+@functools.lru_cache(maxsize=1)
+def _bundled_ffmpeg() -> Path:
+    spec = importlib.util.find_spec("imageio_ffmpeg")
+    folder = Path(spec.origin).parent / "binaries" if spec and spec.origin else None
+    found = sorted(folder.glob("ffmpeg-*")) if folder and folder.is_dir() else []
+    if not found:
+        raise FileNotFoundError("no ffmpeg binary: install the project's pinned imageio-ffmpeg (uv sync), "
+                                "or set I2A_FFMPEG to an ffmpeg executable")
+    exe = found[0]
+    if not os.access(exe, os.X_OK):
+        exe.chmod(exe.stat().st_mode | 0o111)
+    return exe
 
 
 def _arg(path: str | Path) -> str:
@@ -160,9 +182,9 @@ def _install(tmp_file: Path, dest: Path) -> None:
 
 
 def preprocess_clip(src: str | Path, out_video: str | Path | None, out_wav: str | Path, seconds: float = 10.0,
-                    sample_rate: int = 22050, fps: float = 21.5) -> dict:
+                    sample_rate: int = 22050) -> dict:
     """RegNet/SpecVQGAN's chain for one clip: a `seconds`-long mono wav and (unless out_video is None) the
-    looped, cut video re-timed to `fps`. Raises BadClip (with the reason) for clips it cannot use."""
+    looped video cut to `seconds`, with its audio. Raises BadClip (with the reason) for clips it cannot use."""
     src = Path(src)
     info = {"src": str(src), **probe_clip(src)}
     exe = ffmpeg_exe()
@@ -171,7 +193,7 @@ def preprocess_clip(src: str | Path, out_video: str | Path | None, out_wav: str 
     with tempfile.TemporaryDirectory(prefix="i2a-clip-") as tmp:
         tmp = Path(tmp)
         ori, aligned, looped, cut = tmp / "ori.wav", tmp / "aligned.mp4", tmp / "looped.mp4", tmp / "cut.mp4"
-        cut_wav, mono, retimed = tmp / "cut.wav", tmp / "mono.wav", tmp / "retimed.mp4"
+        cut_wav, mono = tmp / "cut.wav", tmp / "mono.wav"
 
         _ffmpeg(exe, ["-i", _arg(src), "-loglevel", "error", "-f", "wav", "-vn", _arg(ori)], "extracting the audio")
         ori_info = soundfile.info(str(ori))
@@ -209,13 +231,11 @@ def preprocess_clip(src: str | Path, out_video: str | Path | None, out_wav: str 
         soundfile.write(str(fixed), pcm, sample_rate, subtype="PCM_16", format="WAV")
 
         if out_video is not None:
-            _ffmpeg(exe, ["-i", _arg(cut), "-loglevel", "error", "-r", f"{fps:g}", "-c:v", "libx264", "-strict", "-2",
-                          "-f", "mp4", _arg(retimed)], f"re-timing the video to {fps:g} fps")
-            n_frames = _count_video_frames(retimed)
+            n_frames = _count_video_frames(cut)
             if n_frames == 0:
-                raise BadClip("re-timed video has no frames")
-            info.update(n_frames=n_frames, fps=fps)
-            _install(retimed, Path(out_video))
+                raise BadClip(f"video cut to {target} s has no frames")
+            info.update(n_frames=n_frames)
+            _install(cut, Path(out_video))
         _install(fixed, Path(out_wav))
     info.update(sample_rate=sample_rate, seconds=seconds)
     return info
@@ -236,16 +256,21 @@ def _open_container(path: str | Path):
 
 
 def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
-    """(mono float32 samples, rate) of a media file's first audio track, decoded (and resampled) by PyAV."""
+    """(mono float32 samples, rate) of a media file's first audio track, decoded (and resampled) by PyAV.
+
+    Mixed down to 16-bit like `ffmpeg -ac 1 x.wav` (the chain's wav): swresample mixes stereo at 1/2 per channel
+    for integer output but 1/sqrt(2) for float output, so a float mixdown would be 3 dB louder than the wav.
+    """
     with _open_container(path) as container:
         if not container.streams.audio:
             raise BadClip(f"{path}: no audio track")
         stream = container.streams.audio[0]
         rate = sample_rate or stream.codec_context.sample_rate
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
         chunks = [r.to_ndarray().reshape(-1) for f in container.decode(stream) for r in resampler.resample(f)]
         chunks += [r.to_ndarray().reshape(-1) for r in resampler.resample(None)]
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+    return pcm.astype(np.float32) / 32768.0, rate
 
 
 def _round_near(x: Fraction) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,57 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class NpyRowWriter:
+    """Append rows to an .npy whose length is known only at the end, holding one row in memory at a time.
+
+    Rows go to a temporary raw file; `close()` writes the header and streams the rows behind it, then renames
+    the result into place (atomic, like save_npy). Used as a context manager, an exception leaves nothing.
+    """
+
+    def __init__(self, path: str | Path, row_shape: tuple[int, ...], dtype="float32"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.row_shape, self.dtype, self.rows = tuple(row_shape), np.dtype(dtype), 0
+        fd, raw = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".rows")
+        self._raw_path, self._raw = Path(raw), os.fdopen(fd, "wb")
+
+    def append(self, row: np.ndarray) -> None:
+        row = np.ascontiguousarray(row, dtype=self.dtype)
+        if row.shape != self.row_shape:
+            raise ValueError(f"{self.path}: row of shape {row.shape}, expected {self.row_shape}")
+        self._raw.write(row.tobytes())
+        self.rows += 1
+
+    def close(self) -> None:
+        self._raw.close()
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out, open(self._raw_path, "rb") as rows:
+                header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                          "shape": (self.rows, *self.row_shape)}
+                np.lib.format.write_array_header_1_0(out, header)
+                shutil.copyfileobj(rows, out, 1 << 22)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            self._raw_path.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self._raw.close()
+        self._raw_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "NpyRowWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class ShardedArray:

@@ -1,4 +1,4 @@
-"""Videos -> per-clip 10 s wav, re-timed video and mel, in shards (SPEC sections 1-2)."""
+"""Videos -> per-clip 10 s wav, video and mel, in shards (SPEC sections 1-2)."""
 
 
 rule make_synthetic_videos:

@@ -34,7 +34,11 @@ rule extract_features:
             "weights": backbone_settings(w.backbone)["weights"],
             "image_size": backbone_settings(w.backbone)["image_size"],
         },
-        frames={"total": config["video"]["feat_frames"], "crop": config["video"]["feat_crop"]},
+        frames={
+            "fps": config["video"]["fps"],
+            "total": config["video"]["feat_frames"],
+            "crop": config["video"]["feat_crop"],
+        },
         dtype=config["features"]["dtype"],
     log:
         f"{LOGS}/extract_features/{{backbone}}-{{split}}-{{shard}}.log",

@@ -1,4 +1,4 @@
-"""One shard of the data stage: SpecVQGAN's ffmpeg chain, wav, re-timed video and mel per clip."""
+"""One shard of the data stage: SpecVQGAN's ffmpeg chain: 10 s wav, video and mel per clip."""
 from i2a.dataset import mel_spec_from_config, preprocess_shard, read_clip_table
 from i2a.jobs import start_job
 
@@ -8,5 +8,5 @@ table = read_clip_table(snakemake.input.clips)
 table = table[(table["split"] == split) & (table["shard"] == shard)]
 data = snakemake.params.data
 manifest = preprocess_shard(table, snakemake.output[0], mel_spec_from_config(data["audio"]),
-                            seconds=data["audio"]["seconds"], fps=data["video"]["fps"], workers=snakemake.threads)
+                            seconds=data["audio"]["seconds"], workers=snakemake.threads)
 log.info("%s shard %d: %s", split, shard, manifest["status"].value_counts().to_dict())
