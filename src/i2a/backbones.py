@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from i2a.download import download, file_digest
+from i2a.torchscript_weights import read_torchscript_state_dict
 from i2a.weights import (ACCEPTED_WEIGHTS, DEFAULT_CACHE_DIR, WEIGHT_FILES, WeightFile, is_path as _is_path,
                          resolve_weights_name as _resolve_weights_name, weights_file_for)
 
@@ -161,11 +161,15 @@ def _is_torchscript(path: str | Path) -> bool:
 
 
 def _load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state dict via the safe loader; OpenAI's CLIP release is a TorchScript archive, read as such."""
+    """A plain state dict, read without running anything from the file.
+
+    torch.load(weights_only=True) for checkpoints; OpenAI's CLIP release is a TorchScript archive, which that
+    refuses and torch.jit.load would deserialise and compile: its tensors are read by an allowlisting reader
+    instead (same keys as `torch.jit.load(path).state_dict()`, metadata buffers such as `input_resolution`
+    included).
+    """
     if _is_torchscript(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still reads fine
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        obj = read_torchscript_state_dict(path)
     else:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):  # common checkpoint wrappers
