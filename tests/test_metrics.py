@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from i2a.metrics import (bootstrap_ci, fid_per_video, frechet_distance, inception_score, kid, melception_fid,
-                         melception_mkl, polynomial_mmd, seed_spread)
+                         mean_over_seeds, melception_mkl, polynomial_mmd, seed_spread)
 
 
 def _fid_by_eigh(x: np.ndarray, y: np.ndarray) -> float:
@@ -169,3 +169,14 @@ def test_seed_spread():
     assert mean == 6.1 and math.isnan(std)
     with pytest.raises(ValueError):
         seed_spread([])
+
+
+def test_mean_over_seeds_scores_each_seed_with_its_own_samples():
+    rng = np.random.default_rng(0)
+    real = rng.dirichlet(np.ones(5), size=6)
+    fake = rng.dirichlet(np.ones(5), size=(6, 3, 2))  # 6 videos, 3 seeds, 2 samples each
+    # log-probabilities as logits: softmax gives the probabilities back
+    per_seed = [melception_mkl(np.log(fake[:, r]), np.log(real)) for r in range(3)]
+    assert mean_over_seeds("mkl")(np.log(fake), np.log(real)) == pytest.approx(np.mean(per_seed))
+    point, low, high = bootstrap_ci(np.log(fake), np.log(real), mean_over_seeds("mkl"), n_boot=50, seed=0)
+    assert point == pytest.approx(np.mean(per_seed)) and low <= point <= high

@@ -17,6 +17,9 @@ def test_sample_seeds_are_unique_and_independent_of_the_video_count():
     assert len(np.unique(seeds)) == 40
     assert (sample_seeds(3, n_videos=5, samples_per_video=4) == seeds[:5]).all()
     assert not np.intersect1d(sample_seeds(4, 10, 4), seeds).size
+    # repeats: seed-major blocks, the first being the single-seed set; the second is seed 4's
+    three = sample_seeds(3, n_videos=10, samples_per_video=4, repeats=2)
+    assert three.shape == (10, 8) and (three[:, :4] == seeds).all() and (three[:, 4:] == sample_seeds(4, 10, 4)).all()
 
 
 def test_state_dir_survives_a_restart_but_not_a_changed_hyperparameter(tmp_path):
@@ -40,8 +43,9 @@ def torch_equal(a, b):
 
 
 def test_table_rows_carry_hyperparameters_curve_and_scores(tmp_path):
-    scores = {"mkl": {"value": 6.1, "low": 5.9, "high": 6.3}, "fid": {"value": 25.0, "low": 23.0, "high": 27.0},
-              "n_videos": 768, "samples_per_video": 10, "n_seeds": 1}
+    scores = {"mkl": {"value": 6.1, "low": 5.9, "high": 6.3, "seed_sd": 0.05},
+              "fid": {"value": 25.0, "low": 23.0, "high": 27.0, "seed_sd": 0.7},
+              "n_videos": 768, "samples_per_video": 10, "n_seeds": 3}
     (tmp_path / "scores.json").write_text(json.dumps(scores))
     (tmp_path / "train.json").write_text(json.dumps({"best_epoch": 97, "overfit": True}))
     clips = pd.DataFrame({"clip": ["a/1", "a/2", "a/3"], "split": ["train", "train", "valid"]})
@@ -53,3 +57,4 @@ def test_table_rows_carry_hyperparameters_curve_and_scores(tmp_path):
     assert (row["features"], row["scheduler"], row["epochs"], row["overfit"]) == ("ResNet18", "ReduceLROnPlateau", 97,
                                                                                  True)
     assert (row["KL"], row["FID_high"], row["videos"], row["train_skipped"]) == (6.1, 27.0, 768, 1)
+    assert (row["seeds"], row["samples_per_video"], row["KL_seed_sd"], row["FID_seed_sd"]) == (3, 10, 0.05, 0.7)

@@ -161,3 +161,36 @@ def test_plateau_and_early_stopping(tmp_path):
     # plateau with patience 0: the epoch after the best one did not improve, so the next one runs at half the LR
     assert lrs[best + 2] == pytest.approx(lrs[best + 1] * 0.5)
     assert all(b in (a, a * 0.5) for a, b in zip(lrs, lrs[1:]))
+
+
+def test_two_gpus_means_ddp_with_the_lr_rule_and_a_complete_validation(tmp_path):
+    """`gpus: 2` on CPU: two gloo processes, each with half the batches; the logged validation loss is over the
+    whole validation set (summed across ranks), exactly what one process computes with the saved model."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ddp_train.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(script.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["lr"] == pytest.approx(result["expected_lr"])
+    assert "batch 3/3" in proc.stderr and "batch 6/6" not in proc.stderr  # 24 clips / batch 4 / 2 ranks
+    rows = _read_csv(tmp_path / "run" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    model = load_transformer(tmp_path / "run" / "last.ckpt")
+    valid = GPTDataset(*_data(8, 2), S=S)
+    with torch.no_grad():
+        losses = []
+        for i in range(len(valid)):
+            tok, f = valid[i]
+            logits = model(tok[None, :-1], f[None])[:, S - 1:]
+            losses.append(torch.nn.functional.cross_entropy(logits[0], tok, reduction="sum").item() / len(tok))
+    assert last["epoch"] == int(rows[-1]["epoch"])  # last.ckpt is the model after the last validation
+    assert float(rows[-1]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-4)

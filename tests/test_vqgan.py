@@ -175,3 +175,24 @@ def test_bad_inputs_are_rejected(tmp_path):
     model = VQModel(TINY)
     with pytest.raises(ValueError, match="tokens outside"):
         decode_tokens(model, np.full((1, 10), 32))
+
+
+def test_dead_codes_are_restarted_onto_latents(tmp_path, monkeypatch):
+    """With restart_dead_codes, codes no batch used move onto encoder outputs; without it they stay unused."""
+    mels = _banded_mels(8, 32, seed=3)
+    far = VQModel.__init__
+
+    def far_codes(self, cfg=TINY):  # every code but 0 starts far from any latent: dead from the first batch
+        far(self, cfg)
+        with torch.no_grad():
+            self.quantize.embedding.weight[1:] = 1e3
+    monkeypatch.setattr(VQModel, "__init__", far_codes)
+    used = {}
+    for restart in (False, True):
+        tcfg = CodebookTrainConfig(batch_size=2, base_lr=5e-4, max_epochs=3, disc_start=10**9, seed=0,
+                                   restart_dead_codes=restart)
+        train_codebook(mels, mels, TINY, tcfg, tmp_path / str(restart))
+        rows = list(csv.DictReader(open(tmp_path / str(restart) / "metrics.csv")))
+        used[restart] = [int(r["val_codes_used"]) for r in rows]
+    assert used[False] == [1, 1, 1]
+    assert used[True][0] == 1 and max(used[True][1:]) > 1

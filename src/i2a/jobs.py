@@ -18,6 +18,9 @@ def start_job(smk, name: str | None = None) -> logging.Logger:
         os.dup2(stream.fileno(), 2)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the `lightning` package gives its logger a console handler of its own at import: without this, every
+    # Lightning message would be written twice (once by that handler, once by the root's)
+    logging.getLogger("lightning").propagate = False
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:

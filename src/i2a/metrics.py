@@ -207,6 +207,18 @@ def bootstrap_ci(per_video_fake: np.ndarray, per_video_real: np.ndarray,
     return float(point), float(low), float(high)
 
 
+def mean_over_seeds(metric: str | Callable[[np.ndarray, np.ndarray], float]) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The metric for fake (V, R, K, ...) holding R sampling seeds: its mean over the seeds, each seed scored
+    with its own K samples per video as the paper's protocol does. Bootstrapping it resamples videos with
+    all their seeds, so the interval covers the videos and the seeds together."""
+    fn = METRICS[metric] if isinstance(metric, str) else metric
+
+    def over_seeds(fake: np.ndarray, real: np.ndarray) -> float:
+        return float(np.mean([fn(fake[:, r], real) for r in range(fake.shape[1])]))
+
+    return over_seeds
+
+
 def seed_spread(values: Sequence[float]) -> tuple[float, float]:
     """(mean, sample std with ddof=1) of one metric over sample sets drawn with different sampling seeds;
     the std is nan for a single set."""

@@ -56,11 +56,14 @@ def prepare_state_dir(state_dir: str | Path, hp: dict) -> Path:
     return state_dir
 
 
-def sample_seeds(base_seed: int, n_videos: int, samples_per_video: int) -> np.ndarray:
-    """One seed per (video, sample): a sample does not depend on batching, device or the other videos."""
-    video = np.arange(n_videos)[:, None]
-    sample = np.arange(samples_per_video)[None, :]
-    return (base_seed * 1_000_003 + video * samples_per_video + sample).astype(np.int64)
+def sample_seeds(base_seed: int, n_videos: int, samples_per_video: int, repeats: int = 1) -> np.ndarray:
+    """(V, repeats x K) seeds, one per (video, repeat, sample): a sample does not depend on batching, device or
+    the other videos. Repeat r is the sample set of sampling seed base_seed + r (repeat 0 is base_seed's)."""
+    video = np.arange(n_videos)[:, None, None]
+    repeat = np.arange(repeats)[None, :, None]
+    sample = np.arange(samples_per_video)[None, None, :]
+    seeds = (base_seed + repeat) * 1_000_003 + video * samples_per_video + sample
+    return seeds.reshape(n_videos, repeats * samples_per_video).astype(np.int64)
 
 
 def condition(hp: dict, feats: np.ndarray | None, seeds: np.ndarray, S: int, feat_dim: int) -> torch.Tensor:
@@ -73,19 +76,21 @@ def condition(hp: dict, feats: np.ndarray | None, seeds: np.ndarray, S: int, fea
 
 def sample_run(transformer_ckpt: str, codebook_ckpt: str, feature_files: Sequence[str], n_videos: int, hp: dict,
                sampling: dict, batch_size: int, device: str, tokens_out: str | Path, mels_out: str | Path) -> None:
-    """Top-k samples for every validation video: tokens (V, K, n_tokens) int16 and decoded mels (V, K, n_mels, T)
-    float16, written memory-mapped (100 samples x 768 videos do not fit in memory) and renamed when complete."""
+    """Top-k samples for every validation video: tokens (V, R x K, n_tokens) int16 and decoded mels
+    (V, R x K, n_mels, T) float16 for R = sampling["seeds"] sampling seeds of K samples each (seed-major), written
+    memory-mapped (100 samples x 768 videos do not fit in memory) and renamed when complete."""
     from i2a.vqgan import decode_tokens, load_codebook
 
     gpt = load_transformer(transformer_ckpt, map_location=device)
     codebook = load_codebook(codebook_ckpt, map_location=device)
     S = hp["feat_sample_size"]
     n_tokens = gpt.block_size - S
-    K = sampling["samples_per_video"]
+    R = sampling.get("seeds", 1)
+    K = R * sampling["samples_per_video"]
     feats = None if hp["features"] == "none" else ShardedArray(feature_files)
     if feats is not None and len(feats) != n_videos:
         raise ValueError(f"{len(feats)} feature rows for {n_videos} validation videos")
-    seeds = sample_seeds(sampling["seed"], n_videos, K)
+    seeds = sample_seeds(sampling["seed"], n_videos, sampling["samples_per_video"], R)
     videos_per_batch = max(1, batch_size // K)
     tokens_tmp, mels_tmp = (Path(p).with_name(f".{Path(p).name}.tmp") for p in (tokens_out, mels_out))
     tokens = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=np.int16, shape=(n_videos, K, n_tokens))
@@ -99,7 +104,7 @@ def sample_run(transformer_ckpt: str, codebook_ckpt: str, feature_files: Sequenc
         out = sample_tokens(gpt, cond, n_tokens, top_k=sampling["top_k"], temperature=sampling["temperature"],
                             seeds=batch_seeds.tolist(), cache=True)
         tokens[start:stop] = out.view(stop - start, K, n_tokens).cpu().numpy()
-        decoded = decode_tokens(codebook, out.cpu().numpy())
+        decoded = decode_tokens(codebook, out.cpu().numpy(), progress=False)
         if mels is None:
             mels = np.lib.format.open_memmap(mels_tmp, mode="w+", dtype=np.float16,
                                              shape=(n_videos, K, *decoded.shape[1:]))
@@ -109,4 +114,4 @@ def sample_run(transformer_ckpt: str, codebook_ckpt: str, feature_files: Sequenc
     del tokens, mels
     tokens_tmp.replace(tokens_out)
     mels_tmp.replace(mels_out)
-    log.info("sampled %d videos x %d samples of %d tokens", n_videos, K, n_tokens)
+    log.info("sampled %d videos x %d seeds x %d samples of %d tokens", n_videos, R, K // R, n_tokens)

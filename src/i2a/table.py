@@ -14,7 +14,8 @@ FEATURE_NAMES = {
 SCHEDULER_NAMES = {"none": "none", "plateau": "ReduceLROnPlateau", "cosine": "CosineAnnealing"}
 
 COLUMNS = ["run", "features", "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "decay",
-           "epochs", "overfit", "KL", "KL_low", "KL_high", "FID", "FID_low", "FID_high", "videos",
+           "epochs", "overfit", "KL", "KL_low", "KL_high", "KL_seed_sd", "FID", "FID_low", "FID_high", "FID_seed_sd",
+           "videos",
            "samples_per_video", "seeds", "train_clips", "train_skipped", "valid_clips", "valid_skipped"]
 
 
@@ -39,7 +40,9 @@ def table_row(run: dict, scores: dict, training: dict | None, counts: dict[str, 
         "epochs": None if released else training["best_epoch"],
         "overfit": None if released else training["overfit"],
         "KL": scores["mkl"]["value"], "KL_low": scores["mkl"]["low"], "KL_high": scores["mkl"]["high"],
+        "KL_seed_sd": scores["mkl"].get("seed_sd"),
         "FID": scores["fid"]["value"], "FID_low": scores["fid"]["low"], "FID_high": scores["fid"]["high"],
+        "FID_seed_sd": scores["fid"].get("seed_sd"),
         "videos": scores["n_videos"], "samples_per_video": scores["samples_per_video"], "seeds": scores["n_seeds"],
         **counts,
     }

@@ -365,8 +365,13 @@ def train_gpt(train_ds: GPTDataset, valid_ds: GPTDataset, cfg: TrainConfig, out_
     if cfg.early_stopping:
         cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss", mode="min", min_delta=0.0,
                                               patience=cfg.early_stopping_patience, verbose=True))
+    # Several GPUs: Lightning starts the other ranks itself, even inside a one-task SLURM job (its SLURM
+    # environment would instead wait for srun to have started one task per GPU).
+    from lightning.pytorch.plugins.environments import LightningEnvironment
+
+    environment = [LightningEnvironment()] if cfg.gpus > 1 else None
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=cfg.gpus, strategy="ddp" if cfg.gpus > 1 else "auto",
+        accelerator=accelerator, devices=cfg.gpus, strategy="ddp" if cfg.gpus > 1 else "auto", plugins=environment,
         precision="bf16-mixed" if on_gpu else "32-true", max_epochs=cfg.max_epochs,
         accumulate_grad_batches=cfg.accumulate_grad_batches, callbacks=cbs, default_root_dir=out_dir,
         logger=False, enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False,

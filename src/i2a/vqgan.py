@@ -435,11 +435,12 @@ def encode_mels(model: VQModel, mels, batch_size: int = 32) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode_tokens(model: VQModel, tokens, batch_size: int = 32, clip: bool = False) -> np.ndarray:
+def decode_tokens(model: VQModel, tokens, batch_size: int = 32, clip: bool = False,
+                  progress: bool = True) -> np.ndarray:
     """(N, H*W) column-major tokens -> (N, 80, T) float32 spectrograms, (x + 1) / 2 of the decoder output.
 
     SpecVQGAN's generate_samples.py does not clamp before saving or scoring, so neither do we by default: values
-    stray slightly outside [0, 1]. `clip=True` clamps to [0, 1].
+    stray slightly outside [0, 1]. `clip=True` clamps to [0, 1]. `progress=False` when a caller shows its own.
     """
     from tqdm.auto import tqdm
 
@@ -454,7 +455,7 @@ def decode_tokens(model: VQModel, tokens, batch_size: int = 32, clip: bool = Fal
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for start in tqdm(range(0, len(tokens), batch_size), desc="decode tokens", mininterval=30):
+    for start in tqdm(range(0, len(tokens), batch_size), desc="decode tokens", mininterval=30, disable=not progress):
         t = torch.from_numpy(tokens[start : start + batch_size].astype(np.int64)).to(device)
         spec = from_model_range(model.decode_indices(grid_from_tokens(t, H=tokens.shape[1] // W, W=W)))[:, 0]
         out.append((spec.clamp(0, 1) if clip else spec).float().cpu().numpy())
@@ -527,6 +528,9 @@ class CodebookTrainConfig:
     min_adapt_weight: float = 1.0
     max_adapt_weight: float = 1.0
     codebook_weight: float = 1.0
+    # Not in SpecVQGAN: after each epoch, codes no training batch used are moved onto random latent vectors of
+    # the epoch's last batch. A tiny codebook trained for minutes (the demo) otherwise collapses onto a few codes.
+    restart_dead_codes: bool = False
     seed: int = 0
     num_workers: int = 0
     accelerator: str = "auto"
@@ -574,6 +578,8 @@ def _make_lightning_module(model: VQModel, tcfg: CodebookTrainConfig, out_dir: P
             self.best = math.inf
             self.rows: list[dict[str, Any]] = []
             self._train_sums: dict[str, float] = {}
+            self._train_counts = torch.zeros(model.cfg.n_embed, dtype=torch.long)
+            self._last_batch: torch.Tensor | None = None
             self._val: dict[str, Any] = {}
             self._t0 = time.time()
 
@@ -586,7 +592,9 @@ def _make_lightning_module(model: VQModel, tcfg: CodebookTrainConfig, out_dir: P
             opt_ae, opt_d = self.optimizers()
             disc_on = self.step >= tcfg.disc_start and tcfg.disc_factor > 0
             # autoencoder
-            xrec, qloss, _ = self.model(x)
+            xrec, qloss, indices = self.model(x)
+            self._train_counts += torch.bincount(indices.flatten().cpu(), minlength=model.cfg.n_embed)
+            self._last_batch = x.detach()
             rec_loss = (x - xrec).abs().mean()
             loss = rec_loss + tcfg.codebook_weight * qloss
             g_loss = d_weight = d_loss = torch.zeros((), device=x.device)
@@ -650,11 +658,27 @@ def _make_lightning_module(model: VQModel, tcfg: CodebookTrainConfig, out_dir: P
                               "epoch": row["epoch"], "step": self.step, "val_rec_loss": row["val_rec_loss"]},
                              out_dir / "codebook.ckpt")
             _write_csv(self.rows, out_dir / "metrics.csv")
+            if tcfg.restart_dead_codes:
+                self._restart_dead_codes()
+            self._train_counts.zero_()
             log.info("epoch %d/%d (step %d, %.0f s): train rec %.4f codebook %.4f | val rec %.4f%s | "
                      "codes used %d/%d, perplexity %.1f", row["epoch"] + 1, tcfg.max_epochs, self.step,
                      row["seconds"], row["train_rec_loss"], row["train_codebook_loss"], row["val_rec_loss"],
                      " (best, saved)" if improved else "", row["val_codes_used"], model.cfg.n_embed,
                      row["val_perplexity"])
+
+        @torch.no_grad()
+        def _restart_dead_codes(self) -> None:
+            dead = torch.nonzero(self._train_counts == 0).flatten()
+            if not len(dead) or self._last_batch is None:
+                return
+            z = self.model.pre_quant(self._last_batch)
+            vectors = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            generator = torch.Generator().manual_seed(tcfg.seed * 100_003 + self.current_epoch)
+            pick = torch.randint(len(vectors), (len(dead),), generator=generator).to(vectors.device)
+            self.model.quantize.embedding.weight[dead.to(vectors.device)] = vectors[pick]
+            log.info("epoch %d: %d unused codes moved onto latent vectors of the last batch", self.current_epoch + 1,
+                     len(dead))
 
     return CodebookModule()
 

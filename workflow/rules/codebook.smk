@@ -2,15 +2,17 @@
 
 
 rule fetch_checkpoint:
-    """A released SpecVQGAN checkpoint (SPEC section 10), MD5 checked; on the login node."""
+    """A released SpecVQGAN checkpoint or file (SPEC section 10), MD5 checked; on the login node."""
     output:
-        "resources/checkpoints/{name}.ckpt",
+        "resources/checkpoints/{name}.{ext}",
+    wildcard_constraints:
+        ext="ckpt|txt",
     params:
         spec=lambda w: config["checkpoints"][w.name],
     log:
-        f"{LOGS}/fetch_checkpoint/{{name}}.log",
+        f"{LOGS}/fetch_checkpoint/{{name}}.{{ext}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/fetch_checkpoint/{{name}}.tsv"
+        f"{LOGS}/benchmarks/fetch_checkpoint/{{name}}.{{ext}}.tsv"
     conda:
         CPU_ENV
     resources:

@@ -72,8 +72,9 @@ def raw_videos():
 
 
 def data_params():
-    """Everything that changes a preprocessed clip."""
-    return {"dataset": config["dataset"], "audio": config["audio"], "video": config["video"]}
+    """Everything that changes a preprocessed clip (not the model's crop, not the frame rate features use)."""
+    audio = {k: v for k, v in config["audio"].items() if k != "crop_frames"}
+    return {"dataset": config["dataset"], "audio": audio}
 
 
 def data_shards(split):
@@ -124,6 +125,16 @@ def melgan_checkpoint():
 
 def melception_checkpoint():
     return component_checkpoint("melception", f"{R}/eval/melception.ckpt", "melception")
+
+
+def melception_stats():
+    """The released Melception's per-mel-bin mean/std (fetched with it); a trained one keeps its own."""
+    cfg = config["melception"]
+    if cfg["stats"]:
+        return [cfg["stats"]]
+    if cfg["source"] == "released" or cfg["path"]:
+        return ["resources/checkpoints/melception_stats.txt"]
+    return []
 
 
 def token_files(split):

@@ -32,11 +32,11 @@ rule score_reference:
     input:
         clips=data_shards("valid"),
         melception=melception_checkpoint(),
+        stats=melception_stats(),
     output:
         f"{R}/eval/reference.npz",
     params:
         crop_frames=config["audio"]["crop_frames"],
-        stats=config["melception"]["stats"],
     log:
         f"{LOGS}/score_reference.log",
     benchmark:
@@ -58,11 +58,12 @@ rule score_run:
         names=f"{R}/runs/{{run}}/samples/videos.txt",
         reference=f"{R}/eval/reference.npz",
         melception=melception_checkpoint(),
+        stats=melception_stats(),
     output:
         f"{R}/runs/{{run}}/scores.json",
     params:
         metrics=config["metrics"],
-        stats=config["melception"]["stats"],
+        seeds=config["sampling"]["seeds"],
     log:
         f"{LOGS}/score_run/{{run}}.log",
     benchmark:

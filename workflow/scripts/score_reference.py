@@ -10,10 +10,11 @@ from i2a.melception import load_melception, melception_outputs
 
 log = start_job(snakemake)
 device = "cuda" if torch.cuda.is_available() else "cpu"
-model, stats = load_melception(snakemake.input.melception, stats_path=snakemake.params.stats, device=device)
+stats_path = snakemake.input.stats[0] if snakemake.input.stats else None
+model, stats = load_melception(snakemake.input.melception, stats_path=stats_path, device=device)
 if stats is None:
-    raise ValueError("the released Melception needs its per-mel-bin statistics: set melception.stats to "
-                     "train_means_stds_melspec_10s_22050hz.txt (SpecVQGAN's data/ folder)")
+    raise ValueError(f"{snakemake.input.melception} carries no per-mel-bin statistics: set melception.stats to "
+                     "its train_means_stds_melspec_10s_22050hz.txt")
 clips = split_clips(snakemake.input.clips)
 outputs = melception_outputs(model, split_mels(snakemake.input.clips, snakemake.params.crop_frames), stats,
                              device=device)

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from i2a.dataset import mel_spec_from_config, write_tsv
 from i2a.jobs import start_job
@@ -19,7 +20,7 @@ out.mkdir(parents=True, exist_ok=True)
 if snakemake.params.kind == "melgan":
     generator = load_melgan(snakemake.input.vocoder[0], device="cuda" if torch.cuda.is_available() else "cpu")
 rows = []
-for v, clip in enumerate(videos[:n]):
+for v, clip in enumerate(tqdm(videos[:n], desc="vocoding", unit="video", mininterval=10)):
     batch = np.asarray(mels[v], dtype=np.float32)
     wavs = vocode(generator, batch) if snakemake.params.kind == "melgan" else griffin_lim(batch, mel)
     for k, wav in enumerate(wavs):
