@@ -1,11 +1,16 @@
 # Two commands do all the set-up on a fresh machine (see README):
 #   make demo    install (uv, pinned by uv.lock) and run the whole workflow on the built-in demo
-#   make test    install and run the tests
+#   make test    install and run the tests (first, as root with apt-get: a single-node SLURM and Chromium)
+#   make plan    jobs per rule and the GPU/CPU-hours the SLURM profile would request for the full study
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 CORES ?= 2
+# `make test SLURM=no` skips the SLURM set-up (the SLURM tests then skip unless a SLURM already answers);
+# `BROWSER=no` skips installing Chromium (the report test then skips unless it is installed).
+SLURM ?= auto
+BROWSER ?= auto
 
-.PHONY: install demo test lint clean-demo
+.PHONY: install demo test lint clean-demo slurm browser plan
 
 $(UV):
 	python3 -m pip install --user --quiet "uv==$(UV_VERSION)"
@@ -18,8 +23,21 @@ install: $(UV)
 demo: install
 	.venv/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
 
-test: install
+test: install $(if $(filter no,$(SLURM)),,slurm) $(if $(filter no,$(BROWSER)),,browser)
 	.venv/bin/python -m pytest
+
+# A single-node SLURM (munge, MariaDB, slurmdbd, slurmctld, slurmd; partitions cpu and gpu) for the SLURM tests.
+# Only as root with apt-get; does nothing elsewhere. About a second when it is already up.
+slurm:
+	bash .ci/slurm/setup.sh
+
+# Debian's Chromium + ChromeDriver for the report test. Only as root with apt-get; nothing when installed.
+browser:
+	bash .ci/browser/setup.sh
+
+# What the full study would request on SLURM (profiles/slurm), without running anything; see README.
+plan: install
+	.venv/bin/python -m i2a.plan results/table.csv
 
 lint: install
 	.venv/bin/snakemake --lint

@@ -10,6 +10,7 @@ include: "workflow/rules/codebook.smk"
 include: "workflow/rules/transformer.smk"
 include: "workflow/rules/vocoder.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/report.smk"
 
 
 localrules:
@@ -19,4 +20,5 @@ localrules:
 rule all:
     input:
         f"{R}/table.csv",
+        REPORT_FILES,
     default_target: True

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian's Chromium and ChromeDriver, for the test that opens the `snakemake --report` page (tests/test_workflow.py).
+#
+#   .ci/browser/setup.sh        as root; instant when both are already installed
+#
+# Without root or apt-get it changes nothing and exits 0 (the report test then skips and says why).
+set -euo pipefail
+
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+    exit 0
+fi
+if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "browser-setup: not root or no apt-get: leaving this machine alone (the report test will skip)"
+    exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+echo "browser-setup: $(chromium --version)"

@@ -1,0 +1,120 @@
+"""The allocation plan: jobs per rule and the GPU/CPU-hours the SLURM profile would request, without running."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO
+from i2a.plan import JobRequest, format_plan, main, plan_jobs, summarise
+
+STUDY = yaml.safe_load((REPO / "config/config.yaml").read_text())
+PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+
+
+def job(rule, runtime, gpus=0, threads=1, partition="gpu", local=False, mem_mb=1000):
+    return JobRequest(rule, {}, threads, {"runtime": runtime, "gpu": gpus, "slurm_partition": partition,
+                                          "mem_mb": mem_mb}, local=local)
+
+
+def test_hours_are_runtime_times_gpus_and_cpus():
+    rows = summarise([job("train", 90, gpus=8, threads=4), job("train", 30, gpus=1, threads=4),
+                      job("prep", 120, threads=2, partition="cpu")])
+    train, prep = rows
+    assert (train.jobs, train.gpu_hours, train.cpu_hours) == (2, 12.5, 8.0)
+    assert (prep.jobs, prep.gpu_hours, prep.cpu_hours, prep.partitions) == (1, 0.0, 4.0, {"cpu"})
+    assert train.gpus == {1, 8} and train.runtime_h == {1.5, 0.5}
+
+
+def test_local_jobs_request_nothing_from_slurm():
+    (row,) = summarise([job("aggregate_table", 10, threads=4, local=True)])
+    assert (row.gpu_hours, row.cpu_hours) == (0.0, 0.0)
+    assert row.partitions == {"login node (local)"}
+
+
+def test_unknown_resources_count_as_zero():
+    request = JobRequest("r", {}, 1, {"runtime": "<TBD>", "gpu": None})
+    assert (request.runtime_min, request.gpus, request.gpu_hours) == (0.0, 0, 0.0)
+
+
+def test_table_has_a_row_per_rule_ranges_and_a_total():
+    text = format_plan(summarise([job("train", 60, gpus=1), job("train", 120, gpus=8), job("prep", 60,
+                                                                                           partition="cpu")]))
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["rule", "jobs", "partition"]
+    train = next(line for line in lines if line.startswith("train"))
+    assert "1-8" in train and "1-2" in train and "17.0" in train
+    assert lines[-1].split()[:2] == ["total", "3"] and lines[-1].split()[-2:] == ["17.0", "4.0"]
+
+
+@pytest.fixture(scope="module")
+def study_plan():
+    start = time.monotonic()
+    jobs = plan_jobs(["results/table.csv"], every_job=True)
+    return jobs, time.monotonic() - start
+
+
+def test_study_plan_is_fast_and_counts_every_job(study_plan):
+    jobs, elapsed = study_plan
+    assert elapsed < 30, f"planning took {elapsed:.1f} s"
+    counts = {}
+    for request in jobs:
+        counts[request.rule] = counts.get(request.rule, 0) + 1
+    runs = STUDY["runs"]
+    shards = STUDY["shards"]["train"] + STUDY["shards"]["valid"]
+    assert counts["train_gpt"] == sum(r.get("source", "train") == "train" for r in runs) == 17
+    assert counts["sample_tokens"] == counts["score_run"] == len(runs)
+    assert counts["extract_features"] == len({r["features"] for r in runs}) * shards
+    assert counts["preprocess_clips"] == shards
+
+
+def test_study_plan_takes_the_rules_requests_and_the_profiles_partitions(study_plan):
+    jobs, _ = study_plan
+    mapped = PROFILE["set-resources"]
+    trained = {r["name"]: r for r in STUDY["runs"] if r.get("source", "train") == "train"}
+    assert {r.rule for r in jobs if r.local} >= {"download_vas", "unpack_vas", "fetch_weights", "fetch_checkpoint",
+                                                 "aggregate_table"}
+    for request in jobs:
+        if request.local:
+            assert request.rule not in mapped, f"{request.rule} is a local rule but has a partition in the profile"
+            continue
+        assert request.rule in mapped, f"{request.rule} would be submitted but the profile gives it no partition"
+        assert request.resources["slurm_account"] == PROFILE["x-cluster"]["account"]
+        assert request.partition == mapped[request.rule]["slurm_partition"]
+        if request.partition == "gpu":
+            assert request.resources["gpu_model"] == PROFILE["x-cluster"]["gpu"]["gpu_model"]
+            assert request.gpus >= 1
+        else:
+            assert request.gpus == 0
+        if request.rule in ("preprocess_clips", "extract_features", "train_gpt"):
+            assert request.threads == 4  # the schema's default `threads`: the study config sets none
+    train = [r for r in jobs if r.rule == "train_gpt"]
+    # the rule's request: 60 + 20 min per epoch, one GPU per the run's `gpus`
+    expected = sum((60 + 20 * r["max_epochs"]) / 60 * r["gpus"] for r in trained.values())
+    assert sum(r.gpu_hours for r in train) == pytest.approx(expected)
+    assert {r.wildcards["run"]: r.gpus for r in train} == {name: r["gpus"] for name, r in trained.items()}
+
+
+def test_profile_overrides_change_the_plan(tmp_path):
+    """A profile's set-resources and set-threads win over the rules' own requests, as on the cluster."""
+    profile = dict(PROFILE)
+    profile["set-resources"] = {**PROFILE["set-resources"],
+                                "train_gpt": {**PROFILE["set-resources"]["train_gpt"], "runtime": 30}}
+    profile["set-threads"] = {"train_gpt": 3}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(profile))
+    jobs = plan_jobs(["results/demo/table.csv"], profile=tmp_path, configfiles=[str(REPO / "config/demo.yaml")],
+                     every_job=True)
+    train = [r for r in jobs if r.rule == "train_gpt"]
+    assert len(train) == 3
+    assert all(r.runtime_min == 30 and r.threads == 3 and r.gpus == 0 for r in train)  # the demo: gpu: false
+    assert sum(r.cpu_hours for r in train) == pytest.approx(3 * 0.5 * 3)
+
+
+def test_command_prints_the_table(capsys):
+    """Without a target it plans the default one, rule all (the table and the report's local jobs)."""
+    assert main(["--configfile", str(REPO / "config/demo.yaml"), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "rule all" in out and "jobs would run" in out and "nothing was run" in out
+    for rule in ("train_gpt", "train_codebook", "aggregate_table", "total"):
+        assert rule in out

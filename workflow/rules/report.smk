@@ -1,0 +1,135 @@
+"""The report's figures and pages (`snakemake --report report.html` after a run): the results table, training
+curves, MKL/FID per run, and a listening gallery per run. Cheap CPU jobs, run where snakemake runs."""
+
+TRAINED_RUNS = [name for name, run in RUNS.items() if run["source"] == "train"]
+
+# Every file the report shows; rule all asks for them, so a finished run has its report ready to build.
+REPORT_FILES = [f"{R}/report/table.html", f"{R}/report/scores.svg"]
+REPORT_FILES += expand(f"{R}/report/gallery/{{run}}.html", run=RUNS)
+if TRAINED_RUNS:
+    REPORT_FILES += [f"{R}/report/validation_loss.svg", f"{R}/report/learning_rate.svg"]
+    REPORT_FILES += expand(f"{R}/report/loss/{{run}}.svg", run=TRAINED_RUNS)
+
+
+rule report_results:
+    """The table as a page, and MKL/FID per run with their intervals."""
+    input:
+        f"{R}/table.csv",
+    output:
+        table=report(
+            f"{R}/report/table.html",
+            caption="../report/results_table.rst",
+            category="Results",
+        ),
+        scores=report(
+            f"{R}/report/scores.svg",
+            caption="../report/scores.rst",
+            category="Results",
+        ),
+    log:
+        f"{LOGS}/report_results.log",
+    benchmark:
+        f"{LOGS}/benchmarks/report_results.tsv"
+    conda:
+        TORCH_ENV
+    resources:
+        runtime=by_attempt(10),
+        mem_mb=by_attempt(2000),
+    script:
+        "../scripts/report_results.py"
+
+
+rule plot_loss_curve:
+    """One trained run's training and validation loss per epoch."""
+    input:
+        f"{R}/runs/{{run}}/metrics.csv",
+    output:
+        report(
+            f"{R}/report/loss/{{run}}.svg",
+            caption="../report/loss_curve.rst",
+            category="Training curves",
+            subcategory="Validation loss",
+            labels={"run": "{run}"},
+        ),
+    log:
+        f"{LOGS}/plot_loss_curve/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/plot_loss_curve/{{run}}.tsv"
+    conda:
+        TORCH_ENV
+    resources:
+        runtime=by_attempt(10),
+        mem_mb=by_attempt(2000),
+    script:
+        "../scripts/plot_loss_curve.py"
+
+
+rule plot_training_overview:
+    """Every trained run's validation loss and learning rate in one plot each, to compare runs."""
+    input:
+        expand(f"{R}/runs/{{run}}/metrics.csv", run=TRAINED_RUNS),
+    output:
+        loss=report(
+            f"{R}/report/validation_loss.svg",
+            caption="../report/validation_loss.rst",
+            category="Training curves",
+            subcategory="Validation loss",
+            labels={"run": "all runs"},
+        ),
+        lr=report(
+            f"{R}/report/learning_rate.svg",
+            caption="../report/learning_rate.rst",
+            category="Training curves",
+            subcategory="Learning rate",
+            labels={"run": "all runs"},
+        ),
+    params:
+        runs=TRAINED_RUNS,
+    log:
+        f"{LOGS}/plot_training_overview.log",
+    benchmark:
+        f"{LOGS}/benchmarks/plot_training_overview.tsv"
+    conda:
+        TORCH_ENV
+    resources:
+        runtime=by_attempt(10),
+        mem_mb=by_attempt(2000),
+    script:
+        "../scripts/plot_training_overview.py"
+
+
+rule listening_gallery:
+    """For a run's first vocoded validation videos: frame, real and generated spectrogram, both sounds."""
+    input:
+        audio=f"{R}/runs/{{run}}/audio",
+        mels=f"{R}/runs/{{run}}/samples/mels.npy",
+        names=f"{R}/runs/{{run}}/samples/videos.txt",
+        valid=data_shards("valid"),
+    output:
+        report(
+            f"{R}/report/gallery/{{run}}.html",
+            caption="../report/gallery.rst",
+            category="Listening gallery",
+            labels={"run": "{run}"},
+        ),
+    params:
+        videos=config["report"]["gallery_videos"],
+        vocoder={"melgan": "MelGAN", "griffin_lim": "Griffin-Lim"}[config["vocoder"]["kind"]],
+    log:
+        f"{LOGS}/listening_gallery/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/listening_gallery/{{run}}.tsv"
+    conda:
+        TORCH_ENV
+    resources:
+        runtime=by_attempt(20),
+        mem_mb=by_attempt(4000),
+    script:
+        "../scripts/listening_gallery.py"
+
+
+localrules:
+    report_results,
+    plot_loss_curve,
+    plot_training_overview,
+    listening_gallery,
