@@ -13,3 +13,13 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference file {path} not present (../shared is only beside the developers' checkout)")
     return path
+
+
+# The two long end-to-end files (the demo, the demo through SLURM) go first, so that with `-n 2` (pyproject's
+# addopts) each starts at once on its own worker while the other worker also takes the short files.
+LONG_FIRST = ("test_workflow.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))

@@ -34,7 +34,7 @@ from conftest import REPO
 RUN_TIMEOUT_S = 1200
 CANCELLED_RUN, REQUEUED_RUN = "resnet18-s5", "no-feats"
 DEMO = yaml.safe_load((REPO / "config/demo.yaml").read_text())
-TRAIN_EPOCHS = 60  # long enough to interrupt after a few epochs on a fast machine
+TRAIN_EPOCHS = 150  # ~0.2 s each on an idle 2-core machine: a wide window to interrupt mid-training
 INTERRUPT_AFTER_EPOCHS = 3
 
 
@@ -134,15 +134,16 @@ def running_job(job_name: str, comment: str) -> str | None:
 
 def preempt(job_id: str) -> None:
     """What SLURM does to a preempted job submitted with --requeue: kill it and queue it again under the same
-    id. A requeued job waits two minutes before it may start; the test lets it start at once."""
+    id. The requeued job then waits two minutes before it may start: `release_requeued` lets it start at once."""
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
-    for _ in range(120):  # once its processes are gone, the job waits in the queue (reason BeginTime)
-        if _run("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split() == ["PENDING", "BeginTime"]:
-            subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True,
-                           capture_output=True)
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"requeued job {job_id} did not go back to the queue")
+
+
+def release_requeued(job_id: str) -> bool:
+    """Start a requeued job now once it waits in the queue (reason BeginTime); False while it is not there yet."""
+    if _run("squeue", "-h", "-j", job_id, "-o", "%T %r").stdout.split() != ["PENDING", "BeginTime"]:
+        return False
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, capture_output=True)
+    return True
 
 
 def sacct_records(job_name: str) -> list[dict[str, str]]:
@@ -210,8 +211,12 @@ def _slurm_job_name(log_path: Path) -> str | None:
 
 
 def _interrupt_training(workdir: Path, job_name: str, interrupted: dict) -> None:
+    """Called every half second: interrupt each training job once it has a few epochs, never blocking, so that
+    the other job is not left to finish its training meanwhile."""
     for run, action in ((CANCELLED_RUN, "scancel"), (REQUEUED_RUN, "requeue")):
         if run in interrupted:
+            if interrupted[run].get("waiting") and release_requeued(interrupted[run]["job_id"]):
+                interrupted[run]["waiting"] = False
             continue
         epochs = epochs_done(workdir / f"results/demo/runs/{run}/state")
         if epochs < INTERRUPT_AFTER_EPOCHS:
@@ -223,7 +228,7 @@ def _interrupt_training(workdir: Path, job_name: str, interrupted: dict) -> None
             subprocess.run(["scancel", job_id], check=True, capture_output=True)
         else:
             preempt(job_id)
-        interrupted[run] = {"job_id": job_id, "epochs": epochs, "action": action}
+        interrupted[run] = {"job_id": job_id, "epochs": epochs, "action": action, "waiting": action == "requeue"}
 
 
 # ------------------------------------------------------------------------------------------ the checks
