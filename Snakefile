@@ -18,7 +18,7 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         f"{R}/table.csv",
         REPORT_FILES,
-    default_target: True

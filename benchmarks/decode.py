@@ -1,6 +1,6 @@
 """Decode throughput: 21.5 fps frames + 22,050 Hz mono wav of each clip, ours vs the video_features way.
 
-Both paths start from the same inputs: the 10 s cut videos that `i2a.media.preprocess_clip` makes from the
+Both paths start from the same inputs: the 10 s cut videos that `i2a.data.media.preprocess_clip` makes from the
 shared sample clips (set-up, untimed) -- the clip video_features would be pointed at.
 
 video_features way, per clip: re-encode to a temporary 21.5 fps mp4 with ffmpeg (`-filter:v fps=fps=21.5`,
@@ -15,7 +15,7 @@ own defaults (ffmpeg, libx264 and PyAV's decoder pick their thread counts); `--t
 for both paths alike. Each clip goes through both paths back to back, in alternating order, so that load from
 other processes on a shared machine hits both; of `--repeats` rounds over all clips, each path's fastest is
 reported (wall clock, and CPU time of this process plus its ffmpeg children). Both paths use the same ffmpeg
-binary, the pipeline's (`i2a.media.ffmpeg_exe()`: imageio-ffmpeg's, or $I2A_FFMPEG).
+binary, the pipeline's (`i2a.data.media.ffmpeg_exe()`: imageio-ffmpeg's, or $I2A_FFMPEG).
 
 Same frames, same run: the outputs of the first round are compared per clip -- frame counts must be equal
 (exit code 1 if not); the mean absolute pixel difference to the video_features frames (nonzero: that path
@@ -43,7 +43,7 @@ import av
 import numpy as np
 import soundfile
 
-from i2a.media import ffmpeg_exe, preprocess_clip, read_audio, read_video_frames
+from i2a.data.media import ffmpeg_exe, preprocess_clip, read_audio, read_video_frames
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vas-samples" / "videos"
 FPS = 21.5

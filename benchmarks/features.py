@@ -1,4 +1,4 @@
-"""Frame-feature throughput: i2a.features vs the video_features way, on the same clips in the same run.
+"""Frame-feature throughput: i2a.features.extract vs the video_features way, on the same clips in the same run.
 
 video_features way: re-encode each clip to 21.5 fps with ffmpeg into a temporary file, decode it, per-frame PIL
 transforms, then batches of frames of one clip at a time through the model (fp32, no_grad).
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 
-from i2a.backbones import BACKBONES, Backbone, build_backbone
-from i2a.features import extract_features
-from i2a.media import ffmpeg_exe, read_video_frames
+from i2a.features.backbones import BACKBONES, Backbone, build_backbone
+from i2a.features.extract import extract_features
+from i2a.data.media import ffmpeg_exe, read_video_frames
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vas-samples" / "videos"
 FPS = 21.5

@@ -13,7 +13,9 @@ import time
 
 import torch
 
-from i2a.gpt import GPT, GPTConfig, sample_tokens
+from i2a.device import pick_device
+from i2a.models.gpt import GPT, sample_tokens
+from i2a.runspec import GPTConfig
 
 
 def _timed(fn, device: str) -> tuple[torch.Tensor, float, float]:
@@ -33,14 +35,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=265)
     ap.add_argument("--feat-sample-size", type=int, default=212)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=str(pick_device()))
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    cfg = GPTConfig(n_layer=args.layers)  # vocab 128, block 477, 16 heads, 1024-d, 2048-d features
+    cfg = GPTConfig(layers=args.layers)  # vocab 128, block 477, 16 heads, 1024-d, 2048-d features
     model = GPT(cfg).to(args.device).eval()
     feats = torch.randn(args.batch, cfg.feat_dim, args.feat_sample_size, device=args.device)
     seeds = list(range(args.batch))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from i2a.train_gpt import GPTDataset, train_gpt
-from test_train_gpt import S, _cfg, _data
+from i2a.training.gpt import GPTDataset
+from test_train_gpt import S, _cfg, _data, train_gpt
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
@@ -16,4 +16,4 @@ if __name__ == "__main__":
     result = train_gpt(train, valid, cfg, out / "run", accelerator="cpu")
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         sys.exit(0)
-    (out / "result.json").write_text(json.dumps({**result, "expected_lr": cfg.base_lr * cfg.batch_size * 2}))
+    (out / "result.json").write_text(json.dumps({**result, "expected_lr": cfg.train.base_lr * cfg.train.batch * 2}))

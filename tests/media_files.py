@@ -2,7 +2,7 @@
 import av
 import numpy as np
 
-from i2a.synthetic import TOY_CLASSES, render_clip
+from i2a.data.synthetic import TOY_CLASSES, render_clip
 
 
 def toy_clip(seconds, fps=25.0, rate=44100, seed=0):

@@ -5,12 +5,12 @@ import torch
 import torchvision
 import torchvision.transforms as T
 
-from i2a.backbones import (BACKBONES, CLIP_PREPROCESS, VIDEO_FEATURES_CNN, WEIGHT_FILES, ChecksumError,
-                           WeightsNotFoundError, _load_state_dict, build_backbone, fetch_weights, sha256_of,
-                           verify_checksum, weights_file_for)
+from i2a.checksum import ChecksumError, file_digest, verify_file
+from i2a.features.backbones import WeightsNotFoundError, build_backbone, fetch_weights, load_state_dict
+from i2a.features.registry import BACKBONES, CLIP_PREPROCESS, VIDEO_FEATURES_CNN, weights_file
 
 EXPECTED_DIMS = {"resnet18": 512, "resnet50": 2048, "efficientnet_v2_s": 1280, "efficientnet_v2_m": 1280,
-                 "efficientnet_v2_l": 1280, "clip_vit_b32": 512}
+                 "efficientnet_v2_l": 1280, "clip_vit_b32": 512, "clip_vit_b16": 512}
 
 
 def _frames(t=3, h=90, w=160, seed=0):
@@ -77,7 +77,7 @@ def test_missing_weights_error_names_file_place_and_command(tmp_path):
     msg = str(err.value)
     assert "resnet50-0676ba61.pth" in msg and str(tmp_path) in msg
     assert f"snakemake --cores 1 {tmp_path / 'resnet50-0676ba61.pth'}" in msg
-    with pytest.raises(WeightsNotFoundError, match="ViT-B-32.pt"):
+    with pytest.raises(WeightsNotFoundError, match="clip_vit_b32_openai.safetensors"):
         build_backbone("clip_vit_b32", "openai", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="accepts weights"):
         build_backbone("resnet18", "imagenet_v2")
@@ -86,31 +86,36 @@ def test_missing_weights_error_names_file_place_and_command(tmp_path):
 
 
 def test_weights_file_for():
-    assert weights_file_for("resnet50") == "resources/weights/resnet50-0676ba61.pth"
-    assert weights_file_for("resnet50", "imagenet_v2", "w") == "w/resnet50-11ad3fa6.pth"
-    assert weights_file_for("clip_vit_b32") == "resources/weights/ViT-B-32.pt"
-    assert weights_file_for("resnet18", "none") is None
-    assert weights_file_for("resnet18", "/data/my.pth") == "/data/my.pth"
+    assert weights_file("resnet50") == "resources/weights/resnet50-0676ba61.pth"
+    assert weights_file("resnet50", "imagenet_v2", "w") == "w/resnet50-11ad3fa6.pth"
+    assert weights_file("clip_vit_b32") == "resources/weights/clip_vit_b32_openai.safetensors"
+    assert weights_file("resnet18", "none") is None
+    assert weights_file("resnet18", "/data/my.pth") == "/data/my.pth"
     # torchvision names its files <arch>-<first 8 hex digits of the SHA-256>.pth
-    for (_, _), wf in WEIGHT_FILES.items():
-        assert wf.url.endswith("/" + wf.filename)
-        if wf.filename.endswith(".pth"):
-            assert wf.filename.split("-")[-1] == wf.sha256 + ".pth"
+    for entry in BACKBONES.values():
+        for wf in entry.weights.values():
+            if entry.builder == "torchvision":
+                assert wf.url.endswith("/" + wf.filename)
+                assert wf.filename.split("-")[-1] == wf.sha256 + ".pth"
+            else:  # OpenCLIP's safetensors files: full SHA-256 digests
+                assert wf.url.endswith("/open_clip_model.safetensors") and len(wf.sha256) == 64
 
 
 def test_checksum_verification(tmp_path):
     f = tmp_path / "blob.bin"
     f.write_bytes(b"i2a" * 1000)
-    digest = sha256_of(f)
-    verify_checksum(f, digest)
-    verify_checksum(f, digest[:8].upper())  # torchvision-style prefix
+    digest = file_digest(f, "sha256")
+    verify_file(f, digest, "sha256")
+    verify_file(f, digest[:8].upper(), "sha256")  # torchvision-style prefix
     with pytest.raises(ChecksumError, match="does not match"):
-        verify_checksum(f, "0" * 8)
+        verify_file(f, "0" * 8, "sha256")
+    assert not f.exists() and (tmp_path / "blob.bin.bad").exists()  # set aside, never read again
     # a corrupt cached file is refused both when building and when "fetching" (no download is attempted)
     bad = tmp_path / "resnet18-f37072fd.pth"
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(ChecksumError):
         build_backbone("resnet18", "imagenet_v1", cache_dir=tmp_path)
+    torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(ChecksumError):
         fetch_weights("resnet18", "imagenet_v1", cache_dir=tmp_path)
 
@@ -132,13 +137,25 @@ def test_weights_from_a_path_reproduce_the_source_model(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_torchscript_archives_are_read_as_state_dicts(tmp_path):
-    # OpenAI's ViT-B-32.pt is a TorchScript archive, which torch.load(weights_only=True) refuses
-    module = torch.jit.script(torch.nn.Linear(3, 2))
-    path = tmp_path / "scripted.pt"
-    torch.jit.save(module, str(path))
-    sd = _load_state_dict(path)
-    assert set(sd) == {"weight", "bias"} and torch.equal(sd["weight"], module.weight)
+def test_clip_safetensors_give_the_features_of_openais_torchscript_release(tmp_path):
+    """OpenAI publishes CLIP as a TorchScript archive of fp16 weights; OpenCLIP publishes the same tensors as a
+    plain fp32 safetensors state dict, which is what the registry fetches. Random weights saved both ways give
+    the same features (the TorchScript side read with torch.jit.load, only here in the test)."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    src = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    src = src.half().float()  # OpenAI's release holds fp16 values
+    frames = _frames(t=2, h=240, w=320)
+    x = CLIP_PREPROCESS(frames)
+    scripted = torch.jit.trace(src.visual, x[:1], check_trace=False)
+    torch.jit.save(scripted, str(tmp_path / "ViT-B-32.pt"))
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    bb = build_backbone("clip_vit_b32", str(tmp_path / "clip.safetensors"))
+    with torch.inference_mode():
+        reference = torch.jit.load(str(tmp_path / "ViT-B-32.pt")).eval()(x)
+        assert torch.allclose(bb.model(bb.transform(frames)), reference, atol=1e-5)
 
 
 def test_clip_weights_in_openai_layout_load_and_give_encode_image(tmp_path):
@@ -157,21 +174,11 @@ def test_clip_weights_in_openai_layout_load_and_give_encode_image(tmp_path):
         assert torch.allclose(bb.model(x), src.encode_image(x), atol=1e-5)  # not L2-normalised
 
 
-def test_the_torch_free_weights_table_agrees_with_the_registry():
-    from i2a.backbones import BACKBONES
-    from i2a.weights import ACCEPTED_WEIGHTS
-
-    assert set(ACCEPTED_WEIGHTS) == set(BACKBONES)
-    for name, spec in BACKBONES.items():
-        assert ACCEPTED_WEIGHTS[name][0] == spec.default_weights
-        assert set(ACCEPTED_WEIGHTS[name]) == set(spec.transforms)
-
-
 def test_random_init_is_the_same_network_in_every_job():
     """Shards are extracted in separate jobs: with weights 'none' they must still share one network."""
     import torch
 
-    from i2a.backbones import build_backbone
+    from i2a.features.backbones import build_backbone
 
     torch.manual_seed(123)
     first = build_backbone("resnet18", "none", image_size=64).model.state_dict()
@@ -183,7 +190,7 @@ def test_random_init_is_the_same_network_in_every_job():
 def test_building_a_random_backbone_leaves_the_global_rng_alone():
     import torch
 
-    from i2a.backbones import build_backbone
+    from i2a.features.backbones import build_backbone
 
     torch.manual_seed(7)
     expected = torch.rand(3)

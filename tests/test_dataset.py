@@ -4,10 +4,10 @@ import shutil
 import numpy as np
 import pytest
 
-from i2a.dataset import (Shard, collect_class_videos, make_clip_table, mel_spec_from_config, preprocess_shard,
+from i2a.data.clips import (Shard, collect_class_videos, make_clip_table, mel_spec_from_config, preprocess_shard,
                          read_clip_table, write_tsv)
-from i2a.synthetic import make_synthetic_dataset
-from i2a.table import clip_counts
+from i2a.data.synthetic import make_synthetic_dataset
+from i2a.evaluation.table import clip_counts
 from media_files import toy_clip, write_streams
 
 AUDIO = {"sample_rate": 22050, "n_fft": 1024, "hop_length": 256, "n_mels": 80, "fmin": 125, "fmax": 7600,

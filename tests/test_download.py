@@ -135,7 +135,7 @@ def test_a_web_page_instead_of_the_file_says_what_to_do(drive, tmp_path):
 
 
 def test_unpack_vas_lays_out_classes_and_leaves_nothing_half_done(tmp_path):
-    from i2a.dataset import unpack_vas
+    from i2a.data.clips import unpack_vas
 
     archive = tmp_path / "VAS.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import REPO, shared_path
-from i2a.backbones import build_backbone, weights_file_for
-from i2a.features import extract_clip_features, extract_features, pad_and_crop, pad_and_crop_indices
-from i2a.media import read_video_frames
+from i2a.features.backbones import build_backbone
+from i2a.features.registry import weights_file
+from i2a.features.extract import extract_clip_features, extract_features, pad_and_crop, pad_and_crop_indices
+from i2a.data.media import read_video_frames
 
 
 def write_video(path: Path, n_frames: int, h: int = 48, w: int = 64, seed: int = 0) -> Path:
@@ -111,11 +112,11 @@ def test_a_broken_clip_stops_with_its_path(tmp_path, resnet18):
 def test_golden_resnet50_features_match_the_authors(tmp_path):
     """ImageNet V1 ResNet50 on the 10 sample clips vs the authors' .pkl (215, 2048): cosine >= 0.99 per frame."""
     videos = shared_path("data", "vas-samples", "videos")
-    weights = REPO / weights_file_for("resnet50", "imagenet_v1")
+    weights = REPO / weights_file("resnet50", "imagenet_v1")
     if not weights.is_file():
         pytest.skip(f"ImageNet V1 ResNet50 weights not present at {weights} "
-                    f"(fetch with: snakemake --cores 1 {weights_file_for('resnet50', 'imagenet_v1')})")
-    from i2a.media import preprocess_clip
+                    f"(fetch with: snakemake --cores 1 {weights_file('resnet50', 'imagenet_v1')})")
+    from i2a.data.media import preprocess_clip
 
     clips = sorted(videos.glob("*/*.mp4"))
     assert len(clips) == 10

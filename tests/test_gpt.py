@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from conftest import shared_path
-from i2a.gpt import GPT, GPTConfig, load_transformer, random_features, sample_frame_indices, sample_tokens
+from i2a.models.gpt import GPT, load_transformer, random_features, sample_frame_indices, sample_tokens
+from i2a.runspec import GPTConfig
 
-TINY = GPTConfig(vocab_size=32, block_size=24, n_layer=2, n_head=2, n_embd=16, feat_dim=6)
+TINY = GPTConfig(vocab_size=32, block_size=24, layers=2, heads=2, embed=16, feat_dim=6)
 
 
 def _reference():
@@ -40,7 +41,7 @@ def test_logits_match_reference_forward():
 
 def test_fresh_init_follows_mingpt():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=270))
+    model = GPT(GPTConfig(layers=2, heads=4, embed=64, block_size=270))
     assert torch.count_nonzero(model.pos_emb) == 0
     assert model.head.bias is None
     assert abs(model.blocks[0].attn.key.weight.std().item() - 0.02) < 2e-3
@@ -65,7 +66,7 @@ def test_load_transformer_specvqgan_lightning_checkpoint(tmp_path):
     assert (logits - ref["outputs"]["logits"]).abs().max().item() < 1e-4
     # without a config the sizes are read from the shapes (head count must then be given when not 16)
     inferred = load_transformer(path, None)
-    assert (inferred.config.n_layer, inferred.config.block_size, inferred.config.feat_dim) == (2, 270, 2048)
+    assert (inferred.config.layers, inferred.config.block_size, inferred.config.feat_dim) == (2, 270, 2048)
 
 
 def test_load_transformer_missing_file(tmp_path):

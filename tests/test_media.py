@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from i2a.media import BadClip, ffmpeg_duration_string, ffmpeg_exe, preprocess_clip, read_audio, read_video_frames
-from i2a.synthetic import write_mp4
+from i2a.data.media import BadClip, ffmpeg_duration_string, ffmpeg_exe, preprocess_clip, read_audio, read_video_frames
+from i2a.data.synthetic import write_mp4
 from media_files import toy_clip, write_streams
 
 SR = 22050

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from i2a.media import preprocess_clip, read_wav
-from i2a.mel import MelSpec, center_crop, fit_length, from_model_range, mel_spectrogram, to_model_range
+from i2a.data.media import preprocess_clip, read_wav
+from i2a.data.mel import MelSpec, center_crop, fit_length, from_model_range, mel_spectrogram, to_model_range
 
 log = logging.getLogger(__name__)
 

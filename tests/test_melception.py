@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from conftest import shared_path
-from i2a.melception import (MELCEPTION_URL, Melception, MelceptionConfig, MelceptionTrainConfig, compute_mel_stats,
-                            load_melception, melception_outputs, read_mel_stats, recalibrate_batchnorm, standardise,
-                            train_melception)
+from i2a.models.melception import (Melception, MelceptionConfig, compute_mel_stats, load_melception,
+                                   melception_outputs, read_mel_stats, standardise)
+from i2a.models.released import released
+from i2a.training.melception import MelceptionTrainConfig, recalibrate_batchnorm, train_melception
+
+MELCEPTION_URL = released("melception").url
 
 DEMO_CLASSES = ["dog", "drum", "fireworks", "baby"]
 

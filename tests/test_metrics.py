@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from i2a.metrics import (bootstrap_ci, fid_per_video, frechet_distance, inception_score, kid, melception_fid,
+from i2a.evaluation.metrics import (bootstrap_ci, fid_per_video, frechet_distance, inception_score, kid, melception_fid,
                          mean_over_seeds, melception_mkl, polynomial_mmd, seed_spread)
 
 

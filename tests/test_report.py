@@ -12,10 +12,11 @@ import pytest
 import soundfile
 from PIL import Image
 
-from i2a.dataset import write_tsv
-from i2a.report import (collect_gallery, gallery_clips, gallery_html, loss_figure, middle_frame, ogg_bytes,
-                        overview_figure, png_bytes, read_training_curves, save_svg, scores_figure,
-                        spectrogram_png, table_html)
+from i2a.data.clips import write_tsv
+from i2a.report.figures import loss_figure, overview_figure, read_training_curves, save_svg, scores_figure
+from i2a.report.gallery import (collect_gallery, gallery_clips, gallery_html, middle_frame, ogg_bytes, png_bytes,
+                                spectrogram_png)
+from i2a.report.pages import table_html
 from media_files import write_streams
 
 RATE = 22050
@@ -32,7 +33,7 @@ def table(seed_sd=False):
     rows = pd.DataFrame({
         "run": ["r18", "clip"], "features": ["ResNet18", "CLIP-ViT-B-32"], "scheduler": ["none", "ReduceLROnPlateau"],
         "batch": [8, 16], "gpus": [1, 2], "layers": [2, 2], "heads": [4, 4], "embed": [64, 64],
-        "dropout": [0.1, 0.0], "decay": [0.01, 0.1], "epochs": [3, np.nan], "overfit": [True, None],
+        "dropout": [0.1, 0.0], "weight_decay": [0.01, 0.1], "epochs": [3, np.nan], "overfit": [True, None],
         "KL": [3.5, 3.25], "KL_low": [2.5, 2.0], "KL_high": [4.5, 4.0],
         "FID": [55.0, 50.0], "FID_low": [45.0, 40.0], "FID_high": [70.0, 60.0],
         "videos": [16, 16], "samples_per_video": [4, 4], "seeds": [2 if seed_sd else 1] * 2})

@@ -4,12 +4,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from i2a.runs import condition, prepare_state_dir, sample_seeds
-from i2a.table import build_table, clip_counts
+from i2a.evaluation.table import build_table, clip_counts
+from i2a.runspec import GPTConfig, RunSpec, TrainSettings
+from i2a.samples import condition, sample_seeds
+from i2a.training.loop import TrainingState
 
-RUN = {"name": "r", "features": "resnet18", "source": "train", "scheduler": "plateau", "batch": 64, "gpus": 1,
-       "layers": 12, "heads": 8, "embed": 512, "dropout": 0.3, "weight_decay": 0.1, "feat_sample_size": 5}
+RUN = RunSpec(name="r", features="resnet18", feat_sample_size=5,
+              model=GPTConfig(layers=12, heads=8, embed=512, dropout=0.3),
+              train=TrainSettings(scheduler="plateau", batch=64, gpus=1, weight_decay=0.1))
 
 
 def test_sample_seeds_are_unique_and_independent_of_the_video_count():
@@ -22,19 +26,25 @@ def test_sample_seeds_are_unique_and_independent_of_the_video_count():
     assert three.shape == (10, 8) and (three[:, :4] == seeds).all() and (three[:, 4:] == sample_seeds(4, 10, 4)).all()
 
 
+def prepare_state_dir(folder, settings):
+    state = TrainingState(folder, {"settings": settings, "inputs": {}})
+    state.open()
+    return state.folder
+
+
 def test_state_dir_survives_a_restart_but_not_a_changed_hyperparameter(tmp_path):
     state = prepare_state_dir(tmp_path / "state", {"dropout": 0.1})
-    (state / "last.ckpt").write_text("progress")
+    torch.save({"epoch": 3}, state / "last.ckpt")
     assert (prepare_state_dir(tmp_path / "state", {"dropout": 0.1}) / "last.ckpt").exists()
     assert not (prepare_state_dir(tmp_path / "state", {"dropout": 0.2}) / "last.ckpt").exists()
 
 
 def test_condition_picks_the_configured_frames_or_seeded_noise():
     feats = np.arange(2 * 40 * 3, dtype=np.float32).reshape(2, 40, 3)
-    cond = condition({"features": "resnet18"}, feats, np.array([0, 1]), S=5, feat_dim=3)
+    cond = condition("resnet18", feats, np.array([0, 1]), S=5, feat_dim=3)
     assert cond.shape == (2, 3, 5)
     assert cond[0, 0, 0].item() == feats[0, 40 // 6, 0]
-    noise = condition({"features": "none"}, None, np.array([7, 7, 8]), S=1, feat_dim=16)
+    noise = condition("none", None, np.array([7, 7, 8]), S=1, feat_dim=16)
     assert noise.shape == (3, 16, 1) and torch_equal(noise[0], noise[1]) and not torch_equal(noise[0], noise[2])
 
 

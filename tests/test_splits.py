@@ -2,7 +2,7 @@
 import pytest
 from conftest import shared_path
 
-from i2a.splits import VAS_VALID_PER_CLASS, assign_splits
+from i2a.data.splits import VAS_VALID_PER_CLASS, assign_splits
 
 
 def _lines(path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from i2a.parallel import prefetched
-from i2a.store import NpyRowWriter
+from i2a.data.store import NpyRowWriter
 
 
 def test_rows_written_one_by_one_load_as_one_array(tmp_path):

@@ -3,9 +3,9 @@ import av
 import numpy as np
 import pytest
 
-from i2a.media import read_audio, read_video_frames
-from i2a.mel import MelSpec, mel_spectrogram
-from i2a.synthetic import make_synthetic_dataset
+from i2a.data.media import read_audio, read_video_frames
+from i2a.data.mel import MelSpec, mel_spectrogram
+from i2a.data.synthetic import make_synthetic_dataset
 
 SECONDS, FPS = 2.0, 25.0
 
@@ -86,7 +86,7 @@ def test_rejects_bad_arguments(tmp_path):
 
 
 def test_class_pitches_spread_over_the_mel_range():
-    from i2a.synthetic import PITCH_RANGE_HZ, class_set
+    from i2a.data.synthetic import PITCH_RANGE_HZ, class_set
 
     pitches = [c.pitch_hz for c in class_set(4)]
     assert pitches[0] == pytest.approx(PITCH_RANGE_HZ[0]) and pitches[-1] == pytest.approx(PITCH_RANGE_HZ[1])

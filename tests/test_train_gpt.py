@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from i2a.gpt import GPT, GPTConfig, load_transformer
-from i2a.store import ShardedArray, save_npy
-from i2a.train_gpt import (EpochSampler, GPTDataset, TrainConfig, curve_summary, optimizer_groups, train_gpt)
+from i2a.data.store import ShardedArray, save_npy
+from i2a.models.gpt import GPT, load_transformer
+from i2a.runspec import GPTConfig, RunSpec, TrainSettings
+from i2a.training.gpt import GPTDataset, curve_summary, optimizer_groups
+from i2a.training.loop import EpochSampler
+from i2a.training.gpt import train_gpt as _train_gpt
 
 N_TOK, VOCAB, CROP, DIM, S = 10, 16, 8, 6, 2
 
@@ -25,10 +28,16 @@ def _data(n: int, seed: int):
     return tokens, feats
 
 
-def _cfg(**kw):
-    base = dict(n_layer=1, n_head=2, n_embd=16, vocab_size=VOCAB, feat_sample_size=S, batch_size=4,
-                base_lr=1e-3, max_epochs=3, seed=3, resid_pdrop=0.1, log_every_n_steps=2)
-    return TrainConfig(**{**base, **kw})
+def _cfg(dropout=0.1, **kw):
+    """A tiny run: 1 layer x 2 heads x 16-d over the toy data's 10 tokens and S=2 frames of 6-d features."""
+    model = GPTConfig(vocab_size=VOCAB, block_size=N_TOK + S, layers=1, heads=2, embed=16, feat_dim=DIM,
+                      dropout=dropout)
+    train = TrainSettings(**{**dict(batch=4, base_lr=1e-3, max_epochs=3, seed=3), **kw})
+    return RunSpec(name="tiny", features="resnet18", feat_sample_size=S, model=model, train=train)
+
+
+def train_gpt(train, valid, spec, out, **kw):
+    return _train_gpt(spec, train, valid, out, log_every=2, **kw)
 
 
 def test_dataset_reads_sharded_rows_and_picks_frames(tmp_path):
@@ -66,7 +75,7 @@ def test_epoch_sampler_shuffles_per_epoch_and_shards():
 
 
 def test_decay_groups_and_lr_rule():
-    model = GPT(GPTConfig(vocab_size=16, block_size=12, n_layer=2, n_head=2, n_embd=8, feat_dim=4))
+    model = GPT(GPTConfig(vocab_size=16, block_size=12, layers=2, heads=2, embed=8, feat_dim=4))
     decay, no_decay = optimizer_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
@@ -75,7 +84,7 @@ def test_decay_groups_and_lr_rule():
                        for n in [f"{n}.weight"]}
     assert {"pos_emb", "tok_emb.weight", "embedder.weight", "ln_f.weight", "blocks.0.attn.key.bias"} \
         <= {names[id(p)] for p in no_decay["params"]}
-    cfg = TrainConfig(base_lr=1e-6, batch_size=64, gpus=8, accumulate_grad_batches=2)
+    cfg = TrainSettings(base_lr=1e-6, batch=64, gpus=8, accumulate=2)
     assert cfg.learning_rate == pytest.approx(1e-6 * 64 * 8 * 2)
 
 
@@ -108,7 +117,7 @@ def _read_csv(path):
 
 
 def test_train_resume_matches_uninterrupted_run(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="i2a.train_gpt")
+    caplog.set_level(logging.INFO, logger="i2a.training")
     train = GPTDataset(*_data(24, 1), S=S)
     valid = GPTDataset(*_data(8, 2), S=S)
     cfg = _cfg(scheduler="cosine")
@@ -117,7 +126,7 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, caplog):
     rows = _read_csv(tmp_path / "full" / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and full["epochs_run"] == 3
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])  # it learns
-    lr0 = cfg.learning_rate
+    lr0 = cfg.train.learning_rate
     assert [float(r["lr"]) for r in rows] == pytest.approx([lr0, lr0 * 0.75, lr0 * 0.25])  # cosine, T_max 3
     assert full["best_val_loss"] == pytest.approx(min(float(r["val_loss"]) for r in rows))
     assert any("batch 2/6" in r.getMessage() for r in caplog.records)  # plain progress lines for log files
@@ -138,7 +147,7 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, caplog):
     # a finished job started again does nothing; the checkpoint loads as a plain GPT with its config
     assert train_gpt(train, valid, cfg, tmp_path / "full", accelerator="cpu")["best_epoch"] == full["best_epoch"]
     model = load_transformer(tmp_path / "full" / "best.ckpt")
-    assert (model.config.n_layer, model.config.block_size, model.config.feat_dim) == (1, N_TOK + S, DIM)
+    assert (model.config.layers, model.config.block_size, model.config.feat_dim) == (1, N_TOK + S, DIM)
     tok, f = valid[0]
     with torch.no_grad():
         logits = model(tok[None, :-1], f[None])[:, S - 1:]
@@ -151,7 +160,7 @@ def test_plateau_and_early_stopping(tmp_path):
     train = GPTDataset(*_data(8, 1), S=S)
     valid = GPTDataset(*_data(4, 2), S=S)
     cfg = _cfg(scheduler="plateau", plateau_patience=0, plateau_factor=0.5, base_lr=0.5, max_epochs=12,
-               early_stopping=True, early_stopping_patience=2, resid_pdrop=0.0)
+               early_stopping=True, early_stopping_patience=2, dropout=0.0)
     out = train_gpt(train, valid, cfg, tmp_path / "run", accelerator="cpu")
     rows = _read_csv(tmp_path / "run" / "metrics.csv")
     val = [float(r["val_loss"]) for r in rows]

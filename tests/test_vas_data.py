@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO, shared_path
-from i2a.dataset import Shard, read_clip_table
+from i2a.data.clips import Shard, read_clip_table
 from media_files import toy_clip, write_streams
 from test_workflow import copy_workflow, snakemake
 

@@ -10,9 +10,9 @@ import soundfile as sf
 import torch
 from conftest import shared_path
 
-from i2a.mel import MelSpec, mel_spectrogram
-from i2a.vocoder import (Generator, MelGANConfig, VocoderTrainConfig, griffin_lim, load_melgan, mel01_to_mel,
-                         segment_mel, train_melgan, vocode, write_wav)
+from i2a.data.mel import MelSpec, mel_spectrogram
+from i2a.models.vocoder import Generator, MelGANConfig, griffin_lim, load_melgan, mel01_to_mel, vocode, write_wav
+from i2a.training.vocoder import VocoderTrainConfig, segment_mel, train_melgan
 
 SR = 22050
 

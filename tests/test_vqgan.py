@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import shared_path
 
-from i2a.vqgan import (CodebookTrainConfig, VQGANConfig, VQModel, adaptive_gan_weight, decode_tokens, encode_mels,
-                       grid_from_tokens, load_codebook, tokens_from_grid, train_codebook)
+from i2a.models.codebook import (VQGANConfig, VQModel, decode_tokens, encode_mels, grid_from_tokens, load_codebook,
+                                 tokens_from_grid)
+from i2a.training.codebook import CodebookTrainConfig, adaptive_gan_weight, train_codebook
 
 
 @pytest.fixture(scope="module")

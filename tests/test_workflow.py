@@ -134,7 +134,7 @@ def test_demo_writes_the_table(demo):
     table = pd.read_csv(workdir / "results/demo/table.csv")
     demo_cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
     assert list(table["run"]) == [r["name"] for r in demo_cfg["runs"]]
-    for column in ["features", "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "decay",
+    for column in ["features", "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "weight_decay",
                    "epochs", "overfit", "KL", "FID", "train_clips", "valid_clips"]:
         assert column in table.columns
     assert set(table["features"]) == {"ResNet18", "CLIP-ViT-B-32", "none"}

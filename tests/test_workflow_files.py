@@ -39,3 +39,22 @@ def test_every_rule_has_log_benchmark_conda_and_resources():
             assert "\n    benchmark:" in block, f"{smk.name}: rule {name} has no benchmark"
             assert "\n    conda:" in block, f"{smk.name}: rule {name} has no conda env"
             assert "\n    resources:" in block, f"{smk.name}: rule {name} has no resources"
+
+
+def test_rule_files_are_snakefmt_formatted():
+    import subprocess
+    import sys
+
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    result = subprocess.run([str(snakefmt), "--check", "workflow", "Snakefile"], cwd=REPO, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, f"run `snakefmt workflow Snakefile`:\n{result.stdout}{result.stderr}"
+
+
+def test_conda_envs_install_the_workflow_package():
+    """Jobs import `i2a` as an installed package (no sys.path edits): each conda env installs it after creation."""
+    for env_file in (REPO / "workflow/envs").glob("*.yaml"):
+        script = env_file.with_suffix(".post-deploy.sh")
+        assert script.is_file(), f"{env_file.name} has no post-deploy script"
+        assert "pip install --no-deps --editable" in script.read_text()
+    assert "sys.path" not in (REPO / "workflow/rules/common.smk").read_text()

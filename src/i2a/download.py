@@ -4,10 +4,8 @@ Used on the login node (localrules): VAS.zip, released SpecVQGAN checkpoints, ba
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import shutil
 import tarfile
 import tempfile
 import time
@@ -16,6 +14,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from i2a.atomic import atomic_path, copy_file
+from i2a.checksum import ChecksumError, file_digest, verify_file
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
@@ -23,14 +24,6 @@ CHUNK = 1 << 20
 
 class DownloadError(RuntimeError):
     pass
-
-
-def file_digest(path: str | Path, algorithm: str = "md5") -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _open(url: str, start: int, timeout: float):
@@ -52,11 +45,12 @@ def _confirmation_link(page_url: str, html: bytes) -> str | None:
     return None
 
 
-def download(url: str, dest: str | Path, md5: str | None = None, sha256_prefix: str | None = None,
+def download(url: str, dest: str | Path, md5: str | None = None, sha256: str | None = None,
              retries: int = 5, timeout: float = 60.0) -> Path:
     """Fetch url to dest, resuming a previous partial download (dest + '.part') and checking the digest.
 
-    The file appears under `dest` only once it is complete and verified.
+    The file appears under `dest` only once it is complete and verified (a bad download is set aside, see
+    i2a.checksum).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -98,22 +92,15 @@ def download(url: str, dest: str | Path, md5: str | None = None, sha256_prefix: 
             time.sleep(min(30, 2 ** attempt))
     else:
         raise DownloadError(f"could not download {url}: too many redirects through confirmation pages")
-    verify(part, md5=md5, sha256_prefix=sha256_prefix, name=url)
+    try:
+        for algorithm, expected in (("md5", md5), ("sha256", sha256)):
+            if expected:
+                verify_file(part, expected, algorithm, what=f"download of {url}",
+                            remedy="run the rule again to download it afresh")
+    except ChecksumError as error:
+        raise DownloadError(str(error)) from None
     part.replace(dest)
     return dest
-
-
-def verify(path: str | Path, md5: str | None = None, sha256_prefix: str | None = None, name: str = "") -> None:
-    """Raise (and delete the file) when its digest is not the expected one."""
-    path = Path(path)
-    for algorithm, expected in (("md5", md5), ("sha256", sha256_prefix)):
-        if not expected:
-            continue
-        actual = file_digest(path, algorithm)
-        if not actual.startswith(expected):
-            path.unlink(missing_ok=True)
-            raise DownloadError(f"{name or path}: {algorithm} {actual} does not match the expected {expected}; "
-                                "the corrupt file was deleted, run the rule again")
 
 
 def record_or_check_md5(path: str | Path, expected: str | None) -> str:
@@ -142,25 +129,18 @@ def extract_checkpoint(archive: str | Path, dest: str | Path, member: str | None
         if len(candidates) != 1 or not candidates[0].exists():
             found = [str(c.relative_to(tmp)) for c in Path(tmp).rglob("*.ckpt")]
             raise DownloadError(f"{archive}: expected one checkpoint inside, found {found}; set `member:` in config")
-        partial = dest.with_name(dest.name + ".part")
-        shutil.copyfile(candidates[0], partial)
-        partial.replace(dest)
+        copy_file(candidates[0], dest)
     return dest
 
 
 def unpack_zip(archive: str | Path, dest: str | Path) -> Path:
     """Unpack into a temporary folder beside dest, then rename: a killed unpack leaves no half folder."""
     dest = Path(dest)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                target = (tmp / info.filename).resolve()
-                if not str(target).startswith(str(tmp.resolve())):
-                    raise DownloadError(f"{archive}: unsafe path {info.filename!r} in archive")
-            zf.extractall(tmp)
-        tmp.replace(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_path(dest) as tmp, zipfile.ZipFile(archive) as zf:
+        tmp.mkdir()
+        for info in zf.infolist():
+            target = (tmp / info.filename).resolve()
+            if not str(target).startswith(str(tmp.resolve())):
+                raise DownloadError(f"{archive}: unsafe path {info.filename!r} in archive")
+        zf.extractall(tmp)
     return dest

@@ -2,21 +2,22 @@
 
 
 rule fetch_checkpoint:
-    """A released SpecVQGAN checkpoint or file (SPEC section 10), MD5 checked; on the login node."""
+    """A released SpecVQGAN file (SPEC section 10, i2a/models/released.py), MD5 checked; on the login node."""
     output:
         "resources/checkpoints/{name}.{ext}",
-    wildcard_constraints:
-        ext="ckpt|txt",
-    params:
-        spec=lambda w: config["checkpoints"][w.name],
     log:
         f"{LOGS}/fetch_checkpoint/{{name}}.{{ext}}.log",
     benchmark:
         f"{LOGS}/benchmarks/fetch_checkpoint/{{name}}.{{ext}}.tsv"
+    wildcard_constraints:
+        name="|".join(RELEASED),
+        ext="ckpt|txt",
     conda:
         CPU_ENV
     resources:
         runtime=by_attempt(120),
+    params:
+        url=lambda w: config["checkpoints"].get(w.name, {}).get("url", released(w.name).url),
     script:
         "../scripts/fetch_checkpoint.py"
 
@@ -32,22 +33,22 @@ rule train_codebook:
     output:
         checkpoint=f"{R}/codebook/codebook.ckpt",
         metrics=f"{R}/codebook/metrics.csv",
-    params:
-        model=config["codebook"]["model"],
-        train=config["codebook"]["train"],
-        crop_frames=config["audio"]["crop_frames"],
     log:
         f"{LOGS}/train_codebook.log",
     benchmark:
         f"{LOGS}/benchmarks/train_codebook.tsv"
+    priority: 50  # the long pole: start it before the feature jobs that only the transformers need
     conda:
         TORCH_ENV
     threads: THREADS
-    priority: 50  # the long pole: start it before the feature jobs that only the transformers need
     resources:
         runtime=by_attempt(4320),
         mem_mb=by_attempt(32000),
         gpu=GPU,
+    params:
+        model=config["codebook"]["model"],
+        train=config["codebook"]["train"],
+        crop_frames=config["audio"]["crop_frames"],
     script:
         "../scripts/train_codebook.py"
 
@@ -58,8 +59,6 @@ rule encode_tokens:
         codebook=codebook_checkpoint(),
     output:
         f"{R}/codebook/tokens/{{split}}/shard{{shard}}.npy",
-    params:
-        crop_frames=config["audio"]["crop_frames"],
     log:
         f"{LOGS}/encode_tokens/{{split}}-{{shard}}.log",
     benchmark:
@@ -71,5 +70,7 @@ rule encode_tokens:
         runtime=by_attempt(60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
+    params:
+        crop_frames=config["audio"]["crop_frames"],
     script:
         "../scripts/encode_tokens.py"

@@ -1,40 +1,36 @@
-"""Config loading and validation, paths, and the input functions every stage uses."""
+"""Config loading and validation, paths, and the input functions every stage uses.
 
-import os
-import sys
+Jobs import the workflow's package `i2a` (src/i2a) as an installed package: `uv sync` installs it into .venv,
+and the conda environments install it after they are made (workflow/envs/*.post-deploy.sh).
+"""
+
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from i2a.config import ConfigError, validate_config
+from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
+from i2a.models.released import RELEASED, released
+from i2a.runspec import RunSpec
 
 min_version("9.0")
-
-# Jobs (scripts, and the same Snakefile re-read on cluster nodes) import the project's package from src/.
-_SRC = str(Path(workflow.basedir) / "src")
-if _SRC not in sys.path:
-    sys.path.insert(0, _SRC)
-if _SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p))
 
 
 configfile: "config/config.yaml"
 
 
-from i2a.configcheck import ConfigError, check_config_semantics, explain_validation_error
-
 try:
-    validate(config, "../schemas/config.schema.yaml")
-except WorkflowError as error:
-    raise WorkflowError(explain_validation_error(error)) from None
-try:
-    check_config_semantics(config)
+    validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 except ConfigError as error:
-    raise WorkflowError(f"invalid config: {error}") from None
+    raise WorkflowError(str(error)) from None
 
 R = config["results"]
 LOGS = config["logs"]
 SPLITS = ["train", "valid"]
 RUNS = {run["name"]: run for run in config["runs"]}
+RUN_SPECS = {name: RunSpec.from_config(config, run) for name, run in RUNS.items()}
 CPU_ENV = "../envs/data.yaml"
 TORCH_ENV = "../envs/torch.yaml"
 GPU = 1 if config["gpu"] else 0
@@ -45,7 +41,7 @@ wildcard_constraints:
     split="train|valid",
     shard=r"\d{3}",
     run="|".join(RUNS),
-    backbone="resnet18|resnet50|efficientnet_v2_s|efficientnet_v2_m|efficientnet_v2_l|clip_vit_b32",
+    backbone="|".join(BACKBONES),
 
 
 def by_attempt(amount):
@@ -92,10 +88,7 @@ def used_backbones():
 
 def weight_file(backbone):
     """The weights file a backbone needs, or None (random init)."""
-    from i2a.weights import weights_file_for
-
-    settings = backbone_settings(backbone)
-    return weights_file_for(backbone, settings["weights"], cache_dir="resources/weights")
+    return weights_file(backbone, backbone_settings(backbone)["weights"], cache_dir="resources/weights")
 
 
 def feature_files(backbone, split):
@@ -104,7 +97,7 @@ def feature_files(backbone, split):
 
 # ---------------------------------------------------------------- checkpoints
 def released_checkpoint(name):
-    return f"resources/checkpoints/{name}.ckpt"
+    return released(name).local_path
 
 
 def component_checkpoint(section, trained_path, released_name):
@@ -133,7 +126,7 @@ def melception_stats():
     if cfg["stats"]:
         return [cfg["stats"]]
     if cfg["source"] == "released" or cfg["path"]:
-        return ["resources/checkpoints/melception_stats.txt"]
+        return [released_checkpoint("melception_stats")]
     return []
 
 
@@ -142,15 +135,10 @@ def token_files(split):
 
 
 # ---------------------------------------------------------------- runs
-def run_hparams(run):
-    """The run's hyperparameters: the params of its jobs, so editing one run reruns only that run."""
-    return {k: v for k, v in RUNS[run].items() if k != "name"}
-
-
 def transformer_checkpoint(wildcards):
-    run = RUNS[wildcards.run]
-    if run["source"] == "released":
-        return released_checkpoint(run["released"])
+    spec = RUN_SPECS[wildcards.run]
+    if spec.source == "released":
+        return released_checkpoint(spec.released)
     return f"{R}/runs/{wildcards.run}/best.ckpt"
 
 
@@ -158,15 +146,15 @@ def run_features(split):
     """Input function: the run's feature shards of a split (nothing for the no-feats baseline)."""
 
     def inputs(wildcards):
-        backbone = RUNS[wildcards.run]["features"]
+        backbone = RUN_SPECS[wildcards.run].features
         return [] if backbone == "none" else feature_files(backbone, split)
 
     return inputs
 
 
-def gpu_runtime_minutes(run):
+def gpu_runtime_minutes(spec):
     """SLURM time request for a training job: the full-size model on VAS, scaled by epochs."""
-    return 60 + 20 * run["max_epochs"]
+    return 60 + 20 * spec.train.max_epochs
 
 
 # ---------------------------------------------------------------- input functions of single rules
@@ -181,5 +169,5 @@ def vocoder_input(wildcards):
 
 def table_inputs(wildcards):
     inputs = {"scores": expand(f"{R}/runs/{{run}}/scores.json", run=RUNS)}
-    inputs["training"] = [f"{R}/runs/{run}/train.json" for run, cfg in RUNS.items() if cfg["source"] == "train"]
+    inputs["training"] = [f"{R}/runs/{name}/train.json" for name, spec in RUN_SPECS.items() if spec.source == "train"]
     return inputs

@@ -4,9 +4,6 @@
 rule make_synthetic_videos:
     output:
         directory(f"{R}/raw"),
-    params:
-        synthetic=config["synthetic"],
-        seconds=config["audio"]["seconds"],
     log:
         f"{LOGS}/make_synthetic_videos.log",
     benchmark:
@@ -16,6 +13,9 @@ rule make_synthetic_videos:
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(2000),
+    params:
+        synthetic=config["synthetic"],
+        seconds=config["audio"]["seconds"],
     script:
         "../scripts/make_synthetic_videos.py"
 
@@ -26,14 +26,6 @@ rule list_clips:
         raw_videos(),
     output:
         f"{R}/data/clips.tsv",
-    params:
-        dataset=config["dataset"],
-        valid_per_class=(
-            config["synthetic"]["valid_per_class"]
-            if config["dataset"] == "synthetic"
-            else config["vas"]["valid_per_class"]
-        ),
-        shards=config["shards"],
     log:
         f"{LOGS}/list_clips.log",
     benchmark:
@@ -43,6 +35,14 @@ rule list_clips:
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(1000),
+    params:
+        dataset=config["dataset"],
+        valid_per_class=(
+            config["synthetic"]["valid_per_class"]
+            if config["dataset"] == "synthetic"
+            else config["vas"]["valid_per_class"]
+        ),
+        shards=config["shards"],
     script:
         "../scripts/list_clips.py"
 
@@ -53,8 +53,6 @@ rule preprocess_clips:
         clips=f"{R}/data/clips.tsv",
     output:
         directory(f"{R}/data/{{split}}/shard{{shard}}"),
-    params:
-        data=data_params(),
     log:
         f"{LOGS}/preprocess_clips/{{split}}-{{shard}}.log",
     benchmark:
@@ -65,6 +63,8 @@ rule preprocess_clips:
     resources:
         runtime=by_attempt(240),
         mem_mb=by_attempt(4000),
+    params:
+        data=data_params(),
     script:
         "../scripts/preprocess_clips.py"
 
@@ -73,9 +73,6 @@ rule download_vas:
     """RegNet's VAS.zip (SPEC section 1); on the login node, as compute nodes are often offline."""
     output:
         "resources/vas/VAS.zip",
-    params:
-        url=config["vas"]["url"],
-        md5=config["vas"]["md5"],
     log:
         f"{LOGS}/download_vas.log",
     benchmark:
@@ -84,6 +81,9 @@ rule download_vas:
         CPU_ENV
     resources:
         runtime=by_attempt(240),
+    params:
+        url=config["vas"]["url"],
+        md5=config["vas"]["md5"],
     script:
         "../scripts/download.py"
 

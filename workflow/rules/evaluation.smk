@@ -9,9 +9,6 @@ rule train_melception:
         valid=data_shards("valid"),
     output:
         f"{R}/eval/melception.ckpt",
-    params:
-        train=config["melception"]["train"],
-        crop_frames=config["audio"]["crop_frames"],
     log:
         f"{LOGS}/train_melception.log",
     benchmark:
@@ -23,6 +20,9 @@ rule train_melception:
         runtime=by_attempt(1440),
         mem_mb=by_attempt(16000),
         gpu=GPU,
+    params:
+        train=config["melception"]["train"],
+        crop_frames=config["audio"]["crop_frames"],
     script:
         "../scripts/train_melception.py"
 
@@ -35,8 +35,6 @@ rule score_reference:
         stats=melception_stats(),
     output:
         f"{R}/eval/reference.npz",
-    params:
-        crop_frames=config["audio"]["crop_frames"],
     log:
         f"{LOGS}/score_reference.log",
     benchmark:
@@ -48,6 +46,8 @@ rule score_reference:
         runtime=by_attempt(60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
+    params:
+        crop_frames=config["audio"]["crop_frames"],
     script:
         "../scripts/score_reference.py"
 
@@ -61,9 +61,6 @@ rule score_run:
         stats=melception_stats(),
     output:
         f"{R}/runs/{{run}}/scores.json",
-    params:
-        metrics=config["metrics"],
-        seeds=config["sampling"]["seeds"],
     log:
         f"{LOGS}/score_run/{{run}}.log",
     benchmark:
@@ -75,6 +72,9 @@ rule score_run:
         runtime=by_attempt(120),
         mem_mb=by_attempt(16000),
         gpu=GPU,
+    params:
+        metrics=config["metrics"],
+        seeds=config["sampling"]["seeds"],
     script:
         "../scripts/score_run.py"
 
@@ -91,8 +91,6 @@ rule aggregate_table:
             caption="../report/table.rst",
             category="Results",
         ),
-    params:
-        runs=list(RUNS.values()),
     log:
         f"{LOGS}/aggregate_table.log",
     benchmark:
@@ -101,6 +99,8 @@ rule aggregate_table:
         CPU_ENV
     resources:
         runtime=by_attempt(10),
+    params:
+        runs=[spec.to_dict() for spec in RUN_SPECS.values()],
     script:
         "../scripts/aggregate_table.py"
 

@@ -9,6 +9,8 @@ rule fetch_weights:
         f"{LOGS}/fetch_weights/{{filename}}.log",
     benchmark:
         f"{LOGS}/benchmarks/fetch_weights/{{filename}}.tsv"
+    wildcard_constraints:
+        filename="|".join(re.escape(f) for f in WEIGHTS_FILES),
     conda:
         TORCH_ENV
     resources:
@@ -28,6 +30,17 @@ rule extract_features:
     output:
         features=f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.npy",
         index=f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.tsv",
+    log:
+        f"{LOGS}/extract_features/{{backbone}}-{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/extract_features/{{backbone}}-{{split}}-{{shard}}.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(120),
+        mem_mb=by_attempt(16000),
+        gpu=GPU,
     params:
         backbone=lambda w: {
             "name": w.backbone,
@@ -40,16 +53,5 @@ rule extract_features:
             "crop": config["video"]["feat_crop"],
         },
         dtype=config["features"]["dtype"],
-    log:
-        f"{LOGS}/extract_features/{{backbone}}-{{split}}-{{shard}}.log",
-    benchmark:
-        f"{LOGS}/benchmarks/extract_features/{{backbone}}-{{split}}-{{shard}}.tsv"
-    conda:
-        TORCH_ENV
-    threads: THREADS
-    resources:
-        runtime=by_attempt(120),
-        mem_mb=by_attempt(16000),
-        gpu=GPU,
     script:
         "../scripts/extract_features.py"

@@ -1,7 +1,7 @@
 """The report's figures and pages (`snakemake --report report.html` after a run): the results table, training
 curves, MKL/FID per run, and a listening gallery per run. Cheap CPU jobs, run where snakemake runs."""
 
-TRAINED_RUNS = [name for name, run in RUNS.items() if run["source"] == "train"]
+TRAINED_RUNS = [name for name, spec in RUN_SPECS.items() if spec.source == "train"]
 
 # Every file the report shows; rule all asks for them, so a finished run has its report ready to build.
 REPORT_FILES = [f"{R}/report/table.html", f"{R}/report/scores.svg"]
@@ -83,8 +83,6 @@ rule plot_training_overview:
             subcategory="Learning rate",
             labels={"run": "all runs"},
         ),
-    params:
-        runs=TRAINED_RUNS,
     log:
         f"{LOGS}/plot_training_overview.log",
     benchmark:
@@ -94,6 +92,8 @@ rule plot_training_overview:
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(2000),
+    params:
+        runs=TRAINED_RUNS,
     script:
         "../scripts/plot_training_overview.py"
 
@@ -112,9 +112,6 @@ rule listening_gallery:
             category="Listening gallery",
             labels={"run": "{run}"},
         ),
-    params:
-        videos=config["report"]["gallery_videos"],
-        vocoder={"melgan": "MelGAN", "griffin_lim": "Griffin-Lim"}[config["vocoder"]["kind"]],
     log:
         f"{LOGS}/listening_gallery/{{run}}.log",
     benchmark:
@@ -124,6 +121,9 @@ rule listening_gallery:
     resources:
         runtime=by_attempt(20),
         mem_mb=by_attempt(4000),
+    params:
+        videos=config["report"]["gallery_videos"],
+        vocoder={"melgan": "MelGAN", "griffin_lim": "Griffin-Lim"}[config["vocoder"]["kind"]],
     script:
         "../scripts/listening_gallery.py"
 

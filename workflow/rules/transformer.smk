@@ -7,15 +7,11 @@ rule train_gpt:
         valid_tokens=token_files("valid"),
         train_features=run_features("train"),
         valid_features=run_features("valid"),
+        codebook=codebook_checkpoint(),
     output:
         best=f"{R}/runs/{{run}}/best.ckpt",
         metrics=f"{R}/runs/{{run}}/metrics.csv",
         summary=f"{R}/runs/{{run}}/train.json",
-    params:
-        hparams=lambda w: run_hparams(w.run),
-        vocab_size=config["codebook"]["model"]["n_embed"],
-        # last.ckpt lives here, outside the outputs, so a killed job resumes instead of starting over
-        state_dir=lambda w: f"{R}/runs/{w.run}/state",
     log:
         f"{LOGS}/train_gpt/{{run}}.log",
     benchmark:
@@ -24,9 +20,13 @@ rule train_gpt:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=lambda w, attempt: gpu_runtime_minutes(RUNS[w.run]) * attempt,
-        mem_mb=lambda w, attempt: 16000 * RUNS[w.run]["gpus"] * attempt,
-        gpu=lambda w: RUNS[w.run]["gpus"] * GPU,
+        runtime=lambda w, attempt: gpu_runtime_minutes(RUN_SPECS[w.run]) * attempt,
+        mem_mb=lambda w, attempt: 16000 * RUN_SPECS[w.run].train.gpus * attempt,
+        gpu=lambda w: RUN_SPECS[w.run].train.gpus * GPU,
+    params:
+        run=lambda w: RUN_SPECS[w.run].training_view(),
+        # last.ckpt lives here, outside the outputs, so a killed job resumes instead of starting over
+        state_dir=lambda w: f"{R}/runs/{w.run}/state",
     script:
         "../scripts/train_gpt.py"
 
@@ -42,10 +42,6 @@ rule sample_tokens:
         tokens=f"{R}/runs/{{run}}/samples/tokens.npy",
         mels=f"{R}/runs/{{run}}/samples/mels.npy",
         names=f"{R}/runs/{{run}}/samples/videos.txt",
-    params:
-        sampling={k: v for k, v in config["sampling"].items() if k != "batch_size"},
-        hparams=lambda w: run_hparams(w.run),
-        batch_size=config["sampling"]["batch_size"],
     log:
         f"{LOGS}/sample_tokens/{{run}}.log",
     benchmark:
@@ -57,5 +53,7 @@ rule sample_tokens:
         runtime=by_attempt(240),
         mem_mb=by_attempt(16000),
         gpu=GPU,
+    params:
+        run=lambda w: RUN_SPECS[w.run].to_dict(),
     script:
         "../scripts/sample_tokens.py"

@@ -7,9 +7,6 @@ rule train_melgan:
     output:
         checkpoint=f"{R}/vocoder/melgan.ckpt",
         metrics=f"{R}/vocoder/metrics.csv",
-    params:
-        train=config["vocoder"]["train"],
-        audio=config["audio"],
     log:
         f"{LOGS}/train_melgan.log",
     benchmark:
@@ -21,6 +18,9 @@ rule train_melgan:
         runtime=by_attempt(4320),
         mem_mb=by_attempt(16000),
         gpu=GPU,
+    params:
+        train=config["vocoder"]["train"],
+        audio=config["audio"],
     script:
         "../scripts/train_melgan.py"
 
@@ -32,10 +32,6 @@ rule vocode:
         vocoder=vocoder_input,
     output:
         directory(f"{R}/runs/{{run}}/audio"),
-    params:
-        kind=config["vocoder"]["kind"],
-        listen_videos=config["vocoder"]["listen_videos"],
-        audio=config["audio"],
     log:
         f"{LOGS}/vocode/{{run}}.log",
     benchmark:
@@ -47,5 +43,9 @@ rule vocode:
         runtime=by_attempt(60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
+    params:
+        kind=config["vocoder"]["kind"],
+        listen_videos=config["vocoder"]["listen_videos"],
+        audio=config["audio"],
     script:
         "../scripts/vocode.py"

@@ -1,8 +1,7 @@
 """A run's listening gallery: one HTML page embedding frames, spectrograms and sounds of a few validation videos."""
-from pathlib import Path
-
 from i2a.jobs import start_job
-from i2a.report import collect_gallery, gallery_html
+from i2a.atomic import write_text
+from i2a.report.gallery import collect_gallery, gallery_html
 
 log = start_job(snakemake)
 run = snakemake.wildcards.run
@@ -12,5 +11,5 @@ if len(entries) < snakemake.params.videos:
     log.warning("only %d videos were vocoded (vocoder.listen_videos): the gallery shows %d, not %d",
                 len(entries), len(entries), snakemake.params.videos)
 page = gallery_html(run, entries, vocoder=snakemake.params.vocoder)
-Path(snakemake.output[0]).write_text(page, encoding="utf-8")
+write_text(snakemake.output[0], page)
 log.info("gallery of %d videos, %.1f MB", len(entries), len(page) / 1e6)

@@ -1,6 +1,6 @@
 """Write the demo's toy dataset: <class>/<clip>.mp4 with H.264 video and AAC audio."""
 from i2a.jobs import start_job
-from i2a.synthetic import make_synthetic_dataset
+from i2a.data.synthetic import make_synthetic_dataset
 
 log = start_job(snakemake)
 cfg = snakemake.params.synthetic

@@ -1,6 +1,6 @@
 """One run's training and validation loss per epoch as SVG."""
 from i2a.jobs import start_job
-from i2a.report import loss_figure, read_training_curves, save_svg
+from i2a.report.figures import loss_figure, read_training_curves, save_svg
 
 log = start_job(snakemake)
 curves = read_training_curves(snakemake.input[0])

@@ -1,6 +1,6 @@
 """Validation loss and learning rate of every trained run, one plot each."""
 from i2a.jobs import start_job
-from i2a.report import overview_figure, read_training_curves, save_svg
+from i2a.report.figures import overview_figure, read_training_curves, save_svg
 
 log = start_job(snakemake)
 curves = {run: read_training_curves(path) for run, path in zip(snakemake.params.runs, snakemake.input)}

@@ -1,5 +1,5 @@
 """Unpack VAS.zip and lay it out as <class>/<clip>.mp4."""
-from i2a.dataset import unpack_vas
+from i2a.data.clips import unpack_vas
 from i2a.download import record_or_check_md5
 from i2a.jobs import start_job
 

@@ -9,19 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
+from i2a.atomic import atomic_path
+
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
     """Write an .npy so that a killed job never leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 class NpyRowWriter:
@@ -47,17 +41,12 @@ class NpyRowWriter:
 
     def close(self) -> None:
         self._raw.close()
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as out, open(self._raw_path, "rb") as rows:
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self._raw_path, "rb") as rows:
                 header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                           "shape": (self.rows, *self.row_shape)}
                 np.lib.format.write_array_header_1_0(out, header)
                 shutil.copyfileobj(rows, out, 1 << 22)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         finally:
             self._raw_path.unlink(missing_ok=True)
 

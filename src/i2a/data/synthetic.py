@@ -12,14 +12,14 @@ preprocessing chain as the real data. Everything is drawn from numpy's generator
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from i2a.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -116,35 +116,27 @@ def render_clip(cls: ToyClass, rng: np.random.Generator, seconds: float, fps: fl
 
 def write_mp4(path: str | Path, frames: np.ndarray, audio: np.ndarray, fps: float, sample_rate: int) -> None:
     """H.264 (yuv420p) + AAC mp4 through PyAV, written to a temp name and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part.mp4")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as out:
-            v = out.add_stream("libx264", rate=Fraction(str(fps)).limit_denominator(1001))
-            v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            v.options = {"preset": "veryfast", "crf": "20", "threads": "1"}
-            a = out.add_stream("aac", rate=sample_rate, layout="mono")
-            a.bit_rate = 96_000
-            a.options = {"aac_coder": "fast"}  # several times faster than twoloop; quality is irrelevant here
-            for image in frames:
-                for packet in v.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                    out.mux(packet)
-            for packet in v.encode():
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as out:
+        v = out.add_stream("libx264", rate=Fraction(str(fps)).limit_denominator(1001))
+        v.width, v.height, v.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        v.options = {"preset": "veryfast", "crf": "20", "threads": "1"}
+        a = out.add_stream("aac", rate=sample_rate, layout="mono")
+        a.bit_rate = 96_000
+        a.options = {"aac_coder": "fast"}  # several times faster than twoloop; quality is irrelevant here
+        for image in frames:
+            for packet in v.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 out.mux(packet)
-            chunk = 1024
-            for start in range(0, len(audio), chunk):
-                block = audio[None, start:start + chunk]
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = sample_rate, start
-                for packet in a.encode(frame):
-                    out.mux(packet)
-            for packet in a.encode():
+        for packet in v.encode():
+            out.mux(packet)
+        chunk = 1024
+        for start in range(0, len(audio), chunk):
+            block = audio[None, start:start + chunk]
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(block), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = sample_rate, start
+            for packet in a.encode(frame):
                 out.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        for packet in a.encode():
+            out.mux(packet)
 
 
 PITCH_RANGE_HZ = (200.0, 5000.0)

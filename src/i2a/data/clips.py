@@ -4,7 +4,7 @@ A preprocessed shard folder holds:
   clips.tsv   one row per clip of the shard: clip, class, status (ok | skipped), reason, file
   mels.npy    (n_ok, n_mels, keep_frames) float32 in [0, 1], rows in the order of the ok clips
   wav/<file>.wav, video/<file>.mp4   the 10 s mono wav and the 10 s video (with audio) of each ok clip;
-              frames are read from it at 21.5 fps by timestamp (i2a.media.read_video_frames)
+              frames are read from it at 21.5 fps by timestamp (i2a.data.media.read_video_frames)
 File stems are row numbers, so clip names with spaces, quotes or non-ASCII letters never reach a command line.
 """
 from __future__ import annotations
@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from i2a.mel import MelSpec, mel_spectrogram
+from i2a.data.mel import MelSpec, mel_spectrogram
 from i2a.parallel import prefetched
-from i2a.store import NpyRowWriter
+from i2a.atomic import atomic_path
+from i2a.data.store import NpyRowWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def find_clips(raw_dir: str | Path) -> list[tuple[str, Path]]:
 
 def make_clip_table(raw_dir: str | Path, valid_per_class: dict[str, int] | int, shards: dict[str, int]) -> pd.DataFrame:
     """Split by the VAS rule, then deal each split's sorted clips round-robin into its shards."""
-    from i2a.splits import assign_splits
+    from i2a.data.splits import assign_splits
 
     clips = find_clips(raw_dir)
     if not clips:
@@ -73,10 +74,8 @@ def read_clip_table(path: str | Path) -> pd.DataFrame:
 
 
 def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, sep="\t", index=False, quoting=3, escapechar="\\")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, quoting=3, escapechar="\\")
 
 
 def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, seconds: float,
@@ -86,7 +85,7 @@ def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, sec
     Memory stays flat whatever the shard size: mels are streamed to disk one at a time and at most
     2 x workers clips are in flight.
     """
-    from i2a.media import BadClip, preprocess_clip
+    from i2a.data.media import BadClip, preprocess_clip
 
     out_dir = Path(out_dir)
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
@@ -122,7 +121,7 @@ def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, sec
 
 def read_wav(path: str | Path, sample_rate: int) -> np.ndarray:
     """Mono float32 samples of a wav the chain wrote; a different rate is an error, not a silent resample."""
-    from i2a.media import read_wav as read_wav_with_rate
+    from i2a.data.media import read_wav as read_wav_with_rate
 
     wav, rate = read_wav_with_rate(path)
     if rate != sample_rate:
@@ -159,10 +158,6 @@ class Shard:
         return np.load(self.root / "mels.npy", mmap_mode="r" if mmap else None)
 
 
-def load_shards(roots) -> list[Shard]:
-    return [Shard(Path(r)) for r in roots]
-
-
 def mel_spec_from_config(audio: dict) -> MelSpec:
     """The workflow's `audio` config section as a MelSpec (keys it lacks keep MelSpec's defaults)."""
     keys = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "keep_frames", "crop_frames")
@@ -171,7 +166,7 @@ def mel_spec_from_config(audio: dict) -> MelSpec:
 
 def split_mels(shard_dirs, crop_frames: int | None = None) -> np.ndarray:
     """All mels of a (small) split in memory, optionally centre-cropped; for the validation set and the demo."""
-    from i2a.mel import center_crop
+    from i2a.data.mel import center_crop
 
     arrays = [Shard(d).mels(mmap=True) for d in shard_dirs]
     mels = np.concatenate([np.asarray(a) for a in arrays], axis=0)
@@ -220,14 +215,33 @@ def unpack_vas(archive: str | Path, dest: str | Path) -> dict[str, int]:
     from i2a.download import unpack_zip
 
     dest = Path(dest)
-    staging, partial = dest.with_name(dest.name + ".unpacked"), dest.with_name(dest.name + ".partial")
-    for leftover in (staging, partial):
-        shutil.rmtree(leftover, ignore_errors=True)
+    staging = dest.with_name(dest.name + ".unpacked")
+    shutil.rmtree(staging, ignore_errors=True)
     try:
         unpack_zip(archive, staging)
-        counts = collect_class_videos(staging, partial)
-        partial.replace(dest)
+        with atomic_path(dest) as partial:
+            counts = collect_class_videos(staging, partial)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(partial, ignore_errors=True)
     return counts
+
+
+def list_clips(raw_dir: str | Path, valid_per_class: dict[str, int] | int, shards: dict[str, int],
+               out: str | Path) -> pd.DataFrame:
+    """The workflow's list_clips job: clips.tsv with every clip's class, split (the VAS rule) and shard."""
+    table = make_clip_table(raw_dir, valid_per_class, shards)
+    write_tsv(table, out)
+    log.info("%d clips: %s", len(table), table.groupby("split").size().to_dict())
+    return table
+
+
+def preprocess_split_shard(clips_tsv: str | Path, split: str, shard: int, audio: dict, out_dir: str | Path,
+                           workers: int = 2) -> pd.DataFrame:
+    """The workflow's preprocess_clips job: one shard of a split through the chain; the folder appears complete."""
+    table = read_clip_table(clips_tsv)
+    table = table[(table["split"] == split) & (table["shard"] == shard)]
+    with atomic_path(out_dir) as tmp:
+        manifest = preprocess_shard(table, tmp, mel_spec_from_config(audio), seconds=audio["seconds"],
+                                    workers=workers)
+    log.info("%s shard %d: %s", split, shard, manifest["status"].value_counts().to_dict())
+    return manifest

@@ -1,19 +1,12 @@
 """Stage 1: the spectrogram codebook (SPEC section 4), a taming-transformers VQGAN on 1-channel mel spectrograms.
 
 Layer names follow SpecVQGAN's `VQModel` exactly, so the released VAS codebook (epoch_259.ckpt) loads unchanged.
-Training follows `VQLPAPSWithDiscriminator` with the perceptual term off: L1 + codebook loss + a hinge PatchGAN
-discriminator switched on at `disc_start`.
+Its training is `i2a.training.codebook`.
 """
 from __future__ import annotations
 
-import csv
 import logging
-import math
-import os
 import pickle
-import tempfile
-import time
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,14 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from i2a.mel import center_crop, from_model_range, to_model_range
+from i2a.data.mel import center_crop, from_model_range, to_model_range
+from i2a.models.released import how_to_fetch
 
 log = logging.getLogger(__name__)
 
-RELEASED_VAS_CODEBOOK = (
-    "https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219a/specvqgan_public/"
-    "models/2021-06-06T19-42-53_vas_codebook.tar.gz"
-)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -361,9 +351,8 @@ def load_codebook(path: str | Path, cfg: VQGANConfig | None = None, map_location
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"codebook checkpoint {path} not found. Train one with the workflow's train_codebook rule, or download "
-            f"the released VAS codebook ({RELEASED_VAS_CODEBOOK}, MD5 0024ad3705c5e58a11779d3d9e97cc8a) and point "
-            f"to logs/2021-06-06T19-42-53_vas_codebook/checkpoints/epoch_259.ckpt inside it.")
+            f"codebook checkpoint {path} not found. Train one with the workflow's train_codebook rule, or fetch the "
+            f"released VAS codebook: {how_to_fetch('vas_codebook')}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -403,13 +392,13 @@ def load_codebook(path: str | Path, cfg: VQGANConfig | None = None, map_location
 # encoding / decoding whole sets for the workflow
 
 
-def _model_input(mels, rows: Sequence[int], width: int) -> torch.Tensor:
+def model_input(mels, rows: Sequence[int], width: int) -> torch.Tensor:
     """Rows of a (N, 80, T) [0, 1] array-like -> (B, 1, 80, width) in [-1, 1]. Indexes row by row (memmaps)."""
     batch = [center_crop(np.asarray(mels[i], dtype=np.float32), width) for i in rows]
     return torch.from_numpy(to_model_range(np.stack(batch)))[:, None]
 
 
-def _check_mels(mels, cfg: VQGANConfig, name: str = "mels") -> None:
+def check_mels(mels, cfg: VQGANConfig, name: str = "mels") -> None:
     if len(mels) == 0:
         raise ValueError(f"{name} is empty")
     first = np.asarray(mels[0])
@@ -426,12 +415,12 @@ def encode_mels(model: VQModel, mels, batch_size: int = 32) -> np.ndarray:
     """(N, 80, T) mels in [0, 1] -> (N, H*W) int16 codebook tokens in the transformer's column-major order."""
     from tqdm.auto import tqdm
 
-    _check_mels(mels, model.cfg)
+    check_mels(mels, model.cfg)
     model.eval()
     device = next(model.parameters()).device
     out = []
     for start in tqdm(range(0, len(mels), batch_size), desc="encode mels", mininterval=30):
-        x = _model_input(mels, range(start, min(start + batch_size, len(mels))), model.cfg.resolution)
+        x = model_input(mels, range(start, min(start + batch_size, len(mels))), model.cfg.resolution)
         _, _, indices = model.encode(x.to(device))
         out.append(tokens_from_grid(indices).cpu().numpy().astype(np.int16))
     return np.concatenate(out)
@@ -465,267 +454,23 @@ def decode_tokens(model: VQModel, tokens, batch_size: int = 32, clip: bool = Fal
     return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# training
+def codebook_fingerprint(path: str | Path) -> dict[str, Any]:
+    """What identifies the codebook a transformer was trained on: its file's content digest and token grid."""
+    from i2a.checksum import content_digest
+
+    cfg = load_codebook(path).cfg
+    return {"digest": content_digest(path), "n_embed": cfg.n_embed, "columns": cfg.latent_width}
 
 
-class NLayerDiscriminator(nn.Module):
-    """Pix2Pix PatchGAN as taming uses it (BatchNorm, LeakyReLU 0.2, 4x4 kernels, N(0, 0.02) conv init)."""
+def encode_shard(codebook_ckpt: str | Path, shard_dir: str | Path, crop_frames: int, out: str | Path,
+                 device=None) -> np.ndarray:
+    """Token grids of one preprocessed shard's mels, in the transformer's column-major order, saved as .npy."""
+    from i2a.data.clips import Shard
+    from i2a.data.store import save_npy
+    from i2a.device import pick_device
 
-    def __init__(self, in_channels: int = 1, ndf: int = 64, n_layers: int = 3):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        mult = 1
-        for n in range(1, n_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
-            stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False), nn.BatchNorm2d(ndf * mult),
-                       nn.LeakyReLU(0.2, True)]
-        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
-        self.main = nn.Sequential(*layers)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
-
-
-def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
-
-
-def adaptive_gan_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, disc_weight: float,
-                        min_weight: float = 0.0, max_weight: float = 1e4) -> torch.Tensor:
-    """taming's balance of GAN and reconstruction gradients at the decoder's last layer:
-    clamp(|grad rec| / (|grad g| + 1e-4), min, max) * disc_weight (VQLPAPSWithDiscriminator.calculate_adaptive_weight).
-    """
-    if min_weight == max_weight:  # the clamp makes the gradient ratio irrelevant: skip two backward passes
-        return torch.tensor(min_weight * disc_weight, device=rec_loss.device)
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    ratio = rec_grad.norm() / (g_grad.norm() + 1e-4)
-    return ratio.clamp(min_weight, max_weight).detach() * disc_weight
-
-
-@dataclass
-class CodebookTrainConfig:
-    """Training of the codebook; defaults are SpecVQGAN's vas_codebook.yaml (perceptual term off, SPEC 4)."""
-
-    batch_size: int = 3
-    base_lr: float = 1e-6  # lr = base_lr * batch_size * n_gpus * accumulate (SpecVQGAN's train.py)
-    n_gpus: int = 1  # only scales the lr the way SpecVQGAN did; training itself runs on one device
-    accumulate_grad_batches: int = 1  # likewise only for the lr formula
-    betas: tuple[float, float] = (0.5, 0.9)
-    max_epochs: int = 100
-    disc_start: int = 2001  # the discriminator loss counts from this batch (0-based step, taming's adopt_weight)
-    disc_weight: float = 0.8
-    disc_factor: float = 1.0
-    disc_ndf: int = 64
-    disc_num_layers: int = 3
-    # taming's adaptive weight is clamp(|grad rec| / (|grad g| + 1e-4), min, max) * disc_weight; vas_codebook.yaml
-    # sets min = max = 1.0, so the released model used a constant disc_weight (taming's own defaults: 0, 1e4)
-    min_adapt_weight: float = 1.0
-    max_adapt_weight: float = 1.0
-    codebook_weight: float = 1.0
-    # Not in SpecVQGAN: after each epoch, codes no training batch used are moved onto random latent vectors of
-    # the epoch's last batch. A tiny codebook trained for minutes (the demo) otherwise collapses onto a few codes.
-    restart_dead_codes: bool = False
-    seed: int = 0
-    num_workers: int = 0
-    accelerator: str = "auto"
-    log_every_steps: int = 500
-
-    @property
-    def learning_rate(self) -> float:
-        return self.base_lr * self.batch_size * self.n_gpus * self.accumulate_grad_batches
-
-
-class _MelDataset(torch.utils.data.Dataset):
-    def __init__(self, mels, width: int):
-        self.mels, self.width = mels, width
-
-    def __len__(self) -> int:
-        return len(self.mels)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return _model_input(self.mels, [i], self.width)[0]
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _make_lightning_module(model: VQModel, tcfg: CodebookTrainConfig, out_dir: Path):
-    import lightning as L
-
-    class CodebookModule(L.LightningModule):
-        """Two optimisers stepped by hand each batch (autoencoder, then discriminator), as SpecVQGAN did."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.automatic_optimization = False
-            self.model = model
-            self.discriminator = NLayerDiscriminator(model.cfg.out_ch, tcfg.disc_ndf, tcfg.disc_num_layers)
-            self.step = 0  # batches seen; Lightning's global_step counts both optimisers' steps
-            self.best = math.inf
-            self.rows: list[dict[str, Any]] = []
-            self._train_sums: dict[str, float] = {}
-            self._train_counts = torch.zeros(model.cfg.n_embed, dtype=torch.long)
-            self._last_batch: torch.Tensor | None = None
-            self._val: dict[str, Any] = {}
-            self._t0 = time.time()
-
-        def configure_optimizers(self):
-            lr = tcfg.learning_rate
-            return [torch.optim.Adam(self.model.parameters(), lr=lr, betas=tcfg.betas),
-                    torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=tcfg.betas)]
-
-        def training_step(self, x: torch.Tensor, batch_idx: int) -> None:
-            opt_ae, opt_d = self.optimizers()
-            disc_on = self.step >= tcfg.disc_start and tcfg.disc_factor > 0
-            # autoencoder
-            xrec, qloss, indices = self.model(x)
-            self._train_counts += torch.bincount(indices.flatten().cpu(), minlength=model.cfg.n_embed)
-            self._last_batch = x.detach()
-            rec_loss = (x - xrec).abs().mean()
-            loss = rec_loss + tcfg.codebook_weight * qloss
-            g_loss = d_weight = d_loss = torch.zeros((), device=x.device)
-            if disc_on:
-                self.discriminator.requires_grad_(False)
-                g_loss = -self.discriminator(xrec).mean()
-                d_weight = adaptive_gan_weight(rec_loss, g_loss, self.model.last_layer, tcfg.disc_weight,
-                                               tcfg.min_adapt_weight, tcfg.max_adapt_weight)
-                loss = loss + d_weight * tcfg.disc_factor * g_loss
-            opt_ae.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            opt_ae.step()
-            # discriminator, on the same reconstruction (SpecVQGAN re-ran the updated autoencoder for it)
-            if disc_on:
-                self.discriminator.requires_grad_(True)
-                d_loss = tcfg.disc_factor * hinge_d_loss(self.discriminator(x.detach()),
-                                                         self.discriminator(xrec.detach()))
-                opt_d.zero_grad(set_to_none=True)
-                self.manual_backward(d_loss)
-                opt_d.step()
-            self.step += 1
-            for k, v in (("rec_loss", rec_loss), ("codebook_loss", qloss), ("g_loss", g_loss),
-                         ("d_weight", d_weight), ("disc_loss", d_loss)):
-                self._train_sums[k] = self._train_sums.get(k, 0.0) + float(v.detach())
-            self._train_sums["n"] = self._train_sums.get("n", 0) + 1
-            if tcfg.log_every_steps and self.step % tcfg.log_every_steps == 0:
-                n = self._train_sums["n"]
-                log.info("epoch %d step %d: rec %.4f codebook %.4f disc %.4f", self.current_epoch, self.step,
-                         self._train_sums["rec_loss"] / n, self._train_sums["codebook_loss"] / n,
-                         self._train_sums["disc_loss"] / n)
-
-        def on_validation_epoch_start(self) -> None:
-            self._val = {"rec": 0.0, "codebook": 0.0, "n": 0,
-                         "counts": torch.zeros(model.cfg.n_embed, dtype=torch.long, device=self.device)}
-
-        def validation_step(self, x: torch.Tensor, batch_idx: int) -> None:
-            xrec, qloss, indices = self.model(x)
-            b = x.shape[0]
-            self._val["rec"] += float((x - xrec).abs().mean()) * b
-            self._val["codebook"] += float(qloss) * b
-            self._val["n"] += b
-            self._val["counts"] += torch.bincount(indices.flatten(), minlength=model.cfg.n_embed)
-
-        def on_train_epoch_end(self) -> None:
-            # runs after this epoch's validation loop
-            n, v = max(self._train_sums.pop("n", 0), 1), self._val
-            p = (v["counts"].double() / v["counts"].sum()).cpu()
-            row = {"epoch": self.current_epoch, "step": self.step,
-                   **{f"train_{k}": s / n for k, s in self._train_sums.items()},
-                   "val_rec_loss": v["rec"] / v["n"], "val_codebook_loss": v["codebook"] / v["n"],
-                   "val_codes_used": int((v["counts"] > 0).sum()),
-                   "val_perplexity": float(torch.exp(-(p * torch.log(p + 1e-10)).sum())),
-                   "seconds": time.time() - self._t0}
-            self._train_sums = {}
-            self.rows.append(row)
-            improved = row["val_rec_loss"] < self.best
-            if improved:
-                self.best = row["val_rec_loss"]
-                _save_atomic({"state_dict": {k: t.detach().cpu() for k, t in self.model.state_dict().items()},
-                              "config": model.cfg.to_dict(), "train_config": _plain(asdict(tcfg)),
-                              "epoch": row["epoch"], "step": self.step, "val_rec_loss": row["val_rec_loss"]},
-                             out_dir / "codebook.ckpt")
-            _write_csv(self.rows, out_dir / "metrics.csv")
-            if tcfg.restart_dead_codes:
-                self._restart_dead_codes()
-            self._train_counts.zero_()
-            log.info("epoch %d/%d (step %d, %.0f s): train rec %.4f codebook %.4f | val rec %.4f%s | "
-                     "codes used %d/%d, perplexity %.1f", row["epoch"] + 1, tcfg.max_epochs, self.step,
-                     row["seconds"], row["train_rec_loss"], row["train_codebook_loss"], row["val_rec_loss"],
-                     " (best, saved)" if improved else "", row["val_codes_used"], model.cfg.n_embed,
-                     row["val_perplexity"])
-
-        @torch.no_grad()
-        def _restart_dead_codes(self) -> None:
-            dead = torch.nonzero(self._train_counts == 0).flatten()
-            if not len(dead) or self._last_batch is None:
-                return
-            z = self.model.pre_quant(self._last_batch)
-            vectors = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-            generator = torch.Generator().manual_seed(tcfg.seed * 100_003 + self.current_epoch)
-            pick = torch.randint(len(vectors), (len(dead),), generator=generator).to(vectors.device)
-            self.model.quantize.embedding.weight[dead.to(vectors.device)] = vectors[pick]
-            log.info("epoch %d: %d unused codes moved onto latent vectors of the last batch", self.current_epoch + 1,
-                     len(dead))
-
-    return CodebookModule()
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def train_codebook(train_mels, valid_mels, model_cfg: VQGANConfig, train_cfg: CodebookTrainConfig,
-                   out_dir: str | Path) -> Path:
-    """Train a codebook on (N, 80, T) [0, 1] mels (numpy or ShardedArray); returns out_dir/codebook.ckpt.
-
-    The checkpoint is the epoch with the lowest validation L1 and carries its config, so `load_codebook(path)`
-    rebuilds it. metrics.csv has one row per epoch.
-    """
-    import lightning as L
-
-    _check_mels(train_mels, model_cfg, "train_mels")
-    _check_mels(valid_mels, model_cfg, "valid_mels")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(train_cfg.seed, workers=True, verbose=False)
-    module = _make_lightning_module(VQModel(model_cfg), train_cfg, out_dir)
-    loader = lambda mels, shuffle: torch.utils.data.DataLoader(  # noqa: E731
-        _MelDataset(mels, model_cfg.resolution), batch_size=train_cfg.batch_size, shuffle=shuffle,
-        num_workers=train_cfg.num_workers, drop_last=False)
-    log.info("training codebook: %d train / %d valid mels, lr %.2e, %d epochs, discriminator from step %d",
-             len(train_mels), len(valid_mels), train_cfg.learning_rate, train_cfg.max_epochs, train_cfg.disc_start)
-    trainer = L.Trainer(accelerator=train_cfg.accelerator, devices=1, max_epochs=train_cfg.max_epochs,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out_dir)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        trainer.fit(module, loader(train_mels, True), loader(valid_mels, False))
-    path = out_dir / "codebook.ckpt"
-    if not path.is_file():
-        raise RuntimeError(f"training finished without writing {path}")
-    return path
+    codebook = load_codebook(codebook_ckpt, map_location=pick_device(device))
+    tokens = encode_mels(codebook.to(pick_device(device)), center_crop(Shard(shard_dir).mels(), crop_frames))
+    save_npy(out, tokens)
+    log.info("%d clips -> tokens %s", len(tokens), tokens.shape)
+    return tokens

@@ -40,13 +40,14 @@ import re
 import shutil
 import subprocess
 import tempfile
-import uuid
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import soundfile
+
+from i2a.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -165,20 +166,10 @@ def _count_video_frames(path: Path) -> int:
         return 0
 
 
-def _tmp_sibling(dest: Path) -> Path:
-    return dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:8]}.part{dest.suffix}")
-
-
 def _install(tmp_file: Path, dest: Path) -> None:
-    """Move a finished file into place atomically (copy into dest's folder first when on another disk)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = _tmp_sibling(dest)
-    try:
+    """Move a finished file into place atomically (it may sit on another disk: copied beside dest first)."""
+    with atomic_path(dest) as part:
         shutil.move(str(tmp_file), str(part))
-        os.replace(part, dest)
-    finally:
-        if part.exists():
-            part.unlink()
 
 
 def preprocess_clip(src: str | Path, out_video: str | Path | None, out_wav: str | Path, seconds: float = 10.0,

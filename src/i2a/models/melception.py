@@ -11,23 +11,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from i2a.models.released import how_to_fetch
+
 log = logging.getLogger(__name__)
 
 N_MELS = 80
-MELCEPTION_FILE = "melception-21-05-10T09-28-40.pt"
-MELCEPTION_URL = ("https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219a/specvqgan_public/"
-                  + MELCEPTION_FILE)
-MELCEPTION_MD5 = "a71a41041e945b457c7d3d814bbcf72d"
-CKPT_FORMAT = "i2a-melception-v1"  # marks checkpoints written by train_melception
+CKPT_FORMAT = "i2a-melception-v1"  # marks checkpoints written by i2a.training.melception
 MIN_FRAMES = 23  # narrowest input the strided stem / Mixed_6a / Mixed_7a reductions accept
 
 
@@ -269,7 +266,7 @@ def compute_mel_stats(mels01: np.ndarray) -> np.ndarray:
     """(80, 2) stats as SpecVQGAN's StandardNormalizeAudio computes them: per clip the mean and std over time,
     then each averaged over clips (the mean of per-clip stds, not a pooled std)."""
     mels01 = np.asarray(mels01, dtype=np.float64)
-    _check_mels(mels01)
+    check_mels(mels01)
     return np.stack([mels01.mean(axis=2).mean(axis=0), mels01.std(axis=2).mean(axis=0)], axis=1)
 
 
@@ -281,14 +278,14 @@ def standardise(mels01: np.ndarray | torch.Tensor, stats: np.ndarray) -> np.ndar
     if mels01.shape[-2] != N_MELS:
         raise ValueError(f"mels must have {N_MELS} bins on axis -2, got shape {tuple(mels01.shape)}")
     mean, std = stats[:, 0:1], stats[:, 1:2]
-    if isinstance(mels01, torch.Tensor):
-        mean_t = torch.as_tensor(mean, dtype=mels01.dtype, device=mels01.device)
-        std_t = torch.as_tensor(std, dtype=mels01.dtype, device=mels01.device)
-        return (mels01 - mean_t) / std_t
+    if isinstance(mels01, torch.Tensor):  # in float64 like the numpy path, so both give the same floats
+        mean_t = torch.as_tensor(mean, dtype=torch.float64, device=mels01.device)
+        std_t = torch.as_tensor(std, dtype=torch.float64, device=mels01.device)
+        return ((mels01.double() - mean_t) / std_t).to(mels01.dtype)
     return ((np.asarray(mels01, dtype=np.float64) - mean) / std).astype(np.float32)
 
 
-def _check_mels(mels: np.ndarray) -> None:
+def check_mels(mels: np.ndarray) -> None:
     if mels.ndim != 3 or mels.shape[1] != N_MELS:
         raise ValueError(f"expected (N, {N_MELS}, T) mels, got shape {mels.shape}")
 
@@ -320,8 +317,8 @@ def load_melception(path: str | Path, stats_path: str | Path | None = None,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"Melception checkpoint {path} not found. The released VGGSound Melception is {MELCEPTION_URL} "
-            f"(MD5 {MELCEPTION_MD5}): download it to that path, or train a demo one with train_melception().")
+            f"Melception checkpoint {path} not found. Fetch the released VGGSound Melception "
+            f"({how_to_fetch('melception')}), or train one on the dataset's classes (melception.source: train).")
     with torch.serialization.safe_globals(_numpy_scalar_globals()):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -359,7 +356,7 @@ def melception_outputs(model: Melception, mels01: np.ndarray | torch.Tensor, sta
         raise ValueError("stats is None: pass the per-bin mean/std the Melception was trained with "
                          "(read_mel_stats(data/train_means_stds_melspec_10s_22050hz.txt) for the released model)")
     mels01 = torch.as_tensor(np.asarray(mels01, dtype=np.float32) if not torch.is_tensor(mels01) else mels01)
-    _check_mels(mels01)
+    check_mels(mels01)
     if len(mels01) == 0:
         raise ValueError("no mels given")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -376,154 +373,3 @@ def melception_outputs(model: Melception, mels01: np.ndarray | torch.Tensor, sta
         if (b + 1) % log_every == 0 or b + 1 == n_batches:
             log.info("melception: %d/%d clips (%.1fs)", min(start + batch_size, n), n, time.time() - t0)
     return {k: np.concatenate(v, axis=0) for k, v in outs.items()}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# training a small Melception for the demo
-
-
-@dataclass
-class MelceptionTrainConfig:
-    """Defaults follow SpecVQGAN's melception.yaml (Adam 3e-4, betas (0.9, 0.999), no weight decay, best
-    validation loss kept) except width, epochs, batch size and lr (3e-4 there), sized for a laptop demo of a few
-    dozen clips, and BatchNorm recalibration, which such a short run needs."""
-
-    width: float = 0.125
-    dropout: float = 0.5
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    recalibrate_bn: bool = True  # exact BN stats over the train clips before each validation
-    patience: int | None = None  # SpecVQGAN: 3 (early stopping on validation loss); None = run all epochs
-    max_seconds: float | None = None  # stop after the epoch that crosses this wall-clock budget
-    seed: int = 1337
-    class_names: list[str] = field(default_factory=list)  # only needed when labels are integers
-
-
-def _encode_labels(train_labels: Sequence, valid_labels: Sequence,
-                   class_names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    train_labels, valid_labels = list(train_labels), list(valid_labels)
-    if all(isinstance(y, str) for y in train_labels + valid_labels):
-        names = list(class_names) or sorted(set(train_labels))
-        index = {c: i for i, c in enumerate(names)}
-        unknown = sorted(set(train_labels + valid_labels) - set(index))
-        if unknown:
-            raise ValueError(f"labels {unknown} are not among the training classes {names}")
-        return (np.array([index[y] for y in train_labels]), np.array([index[y] for y in valid_labels]), names)
-    ytr, yva = np.asarray(train_labels, dtype=np.int64), np.asarray(valid_labels, dtype=np.int64)
-    n_cls = int(max(ytr.max(), yva.max() if len(yva) else 0)) + 1
-    names = list(class_names) or [str(i) for i in range(n_cls)]
-    if ytr.min() < 0 or n_cls > len(names):
-        raise ValueError(f"integer labels must lie in [0, {len(names)}) (class_names has {len(names)} entries)")
-    return ytr, yva, names
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> None:
-    """Replace BatchNorm running stats by the exact averages over x under the current weights.
-
-    With a few dozen optimiser steps, momentum-averaged running stats lag the fast-moving weights and ~90 stacked
-    BN layers compound the error until eval-mode features collapse to a constant; recomputing them (the usual
-    'BN recalibration') fixes that. Not needed at VGGSound scale, where SpecVQGAN trained for many epochs."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    was_training = model.training
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches below
-    model.train()
-    for i in range(0, len(x), batch_size):
-        model(x[i:i + batch_size])
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
-    model.train(was_training)
-
-
-def _evaluate(model: Melception, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(x[i:i + batch_size])["logits"] for i in range(0, len(x), batch_size)])
-    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
-
-
-def train_melception(train_mels: np.ndarray, train_labels: Sequence, valid_mels: np.ndarray,
-                     valid_labels: Sequence, cfg: MelceptionTrainConfig, out_path: str | Path) -> dict:
-    """Train a Melception-architecture classifier on the demo's classes (in place of the VGGSound one).
-
-    Mels are (N, 80, T) float32 in [0, 1]; labels class-name strings (or ints with cfg.class_names).
-    Standardisation stats come from the train mels. Writes the best-validation-loss weights with config, stats
-    and class names to out_path (load with `load_melception`) and returns a summary with the history."""
-    train_mels, valid_mels = np.asarray(train_mels, dtype=np.float32), np.asarray(valid_mels, dtype=np.float32)
-    _check_mels(train_mels)
-    _check_mels(valid_mels)
-    if len(train_mels) != len(train_labels) or len(valid_mels) != len(valid_labels):
-        raise ValueError("mels and labels differ in length")
-    if len(valid_mels) == 0:
-        raise ValueError("empty validation set: the best checkpoint is picked on validation loss")
-    ytr, yva, class_names = _encode_labels(train_labels, valid_labels, cfg.class_names)
-
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    stats = compute_mel_stats(train_mels)
-    xtr = torch.from_numpy(standardise(train_mels, stats))
-    xva = torch.from_numpy(standardise(valid_mels, stats))
-    ytr_t, yva_t = torch.from_numpy(ytr), torch.from_numpy(yva)
-
-    model_cfg = MelceptionConfig(num_classes=len(class_names), width=cfg.width, dropout=cfg.dropout)
-    model = Melception(model_cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    log.info("training Melception width %.3g (%d params) on %d clips, %d classes; valid %d clips", cfg.width,
-             sum(p.numel() for p in model.parameters()), len(xtr), len(class_names), len(xva))
-
-    best = {"valid_loss": math.inf, "epoch": -1}
-    best_state: dict[str, torch.Tensor] = {}
-    history = []
-    stale = 0
-    t0 = time.time()
-    for epoch in range(cfg.epochs):
-        model.train()
-        order = rng.permutation(len(xtr))
-        # drop a trailing batch of one: BatchNorm cannot train on a single clip
-        batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        batches = [b for b in batches if len(b) > 1]
-        train_loss = 0.0
-        for idx in batches:
-            # SpecVQGAN's training ended up using the main head's loss only (its aux loss is overwritten)
-            loss = F.cross_entropy(model(xtr[idx])["logits"], ytr_t[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            train_loss += loss.item() / len(batches)
-        if cfg.recalibrate_bn:
-            recalibrate_batchnorm(model, xtr)
-        valid_loss, valid_acc = _evaluate(model, xva, yva_t, cfg.batch_size)
-        history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "valid_acc": valid_acc})
-        log.info("melception epoch %d: train loss %.4f, valid loss %.4f, valid acc %.3f (%.1fs)", epoch,
-                 train_loss, valid_loss, valid_acc, time.time() - t0)
-        if valid_loss < best["valid_loss"]:
-            best = {"valid_loss": valid_loss, "valid_acc": valid_acc, "epoch": epoch}
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stale = 0
-        else:
-            stale += 1
-            if cfg.patience is not None and stale >= cfg.patience:
-                log.info("melception: early stop at epoch %d (patience %d)", epoch, cfg.patience)
-                break
-        if cfg.max_seconds is not None and time.time() - t0 > cfg.max_seconds:
-            log.info("melception: time budget of %.0fs reached after epoch %d", cfg.max_seconds, epoch)
-            break
-
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    train_cfg = asdict(cfg)
-    train_cfg["betas"] = list(cfg.betas)
-    torch.save({"format": CKPT_FORMAT, "model": best_state, "config": asdict(model_cfg), "train_config": train_cfg,
-                "stats": torch.from_numpy(stats), "class_names": class_names, "history": history,
-                "best": best}, out_path)
-    summary = {**best, "seconds": time.time() - t0, "epochs_run": len(history), "history": history,
-               "class_names": class_names, "width": cfg.width, "feature_dim": model.feature_dim}
-    log.info("melception: best epoch %d (valid loss %.4f, acc %.3f) saved to %s", best["epoch"],
-             best["valid_loss"], best.get("valid_acc", float("nan")), out_path)
-    return summary

@@ -14,37 +14,17 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from i2a.runspec import GPTConfig
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class GPTConfig:
-    """SpecVQGAN's VAS transformer by default: 24 x 16 heads x 1024-d, block 265 tokens + 212 features."""
-
-    vocab_size: int = 128
-    block_size: int = 477
-    n_layer: int = 24
-    n_head: int = 16
-    n_embd: int = 1024
-    feat_dim: int = 2048
-    embd_pdrop: float = 0.0
-    resid_pdrop: float = 0.0
-    attn_pdrop: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
-        """Ignore foreign keys (e.g. the `note` of the interop files)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def sample_frame_indices(crop_len: int, n_frames: int) -> np.ndarray:
@@ -80,18 +60,18 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        if cfg.n_embd % cfg.n_head:
-            raise ValueError(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
-        self.key = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.query = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.value = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.attn_pdrop = cfg.attn_pdrop
-        self.resid_drop = nn.Dropout(cfg.resid_pdrop)
-        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        if cfg.embed % cfg.heads:
+            raise ValueError(f"embed ({cfg.embed}) must be divisible by heads ({cfg.heads})")
+        self.key = nn.Linear(cfg.embed, cfg.embed)
+        self.query = nn.Linear(cfg.embed, cfg.embed)
+        self.value = nn.Linear(cfg.embed, cfg.embed)
+        self.attn_pdrop = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.proj = nn.Linear(cfg.embed, cfg.embed)
         # Unused by the fused kernel (is_causal does the same), kept so state dicts match SpecVQGAN's.
         mask = torch.tril(torch.ones(cfg.block_size, cfg.block_size))
         self.register_buffer("mask", mask.view(1, 1, cfg.block_size, cfg.block_size))
-        self.n_head = cfg.n_head
+        self.n_head = cfg.heads
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 start: int = 0) -> torch.Tensor:
@@ -124,14 +104,14 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.n_embd)
-        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.ln1 = nn.LayerNorm(cfg.embed)
+        self.ln2 = nn.LayerNorm(cfg.embed)
         self.attn = CausalSelfAttention(cfg)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.n_embd, 4 * cfg.n_embd),
+            nn.Linear(cfg.embed, 4 * cfg.embed),
             nn.GELU(),
-            nn.Linear(4 * cfg.n_embd, cfg.n_embd),
-            nn.Dropout(cfg.resid_pdrop),
+            nn.Linear(4 * cfg.embed, cfg.embed),
+            nn.Dropout(cfg.dropout),
         )
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
@@ -146,15 +126,15 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.n_embd))
-        self.drop = nn.Dropout(cfg.embd_pdrop)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.embed)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.embed))
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.layers)])
+        self.ln_f = nn.LayerNorm(cfg.embed)
+        self.head = nn.Linear(cfg.embed, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
         # Created after the N(0, 0.02) init, as in SpecVQGAN: the embedder keeps PyTorch's default Conv1d init.
-        self.embedder = nn.Conv1d(cfg.feat_dim, cfg.n_embd, kernel_size=1)
+        self.embedder = nn.Conv1d(cfg.feat_dim, cfg.embed, kernel_size=1)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -196,7 +176,7 @@ class GPT(nn.Module):
         c = self.config
         p = self.pos_emb
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
-        return KVCache(c.n_layer, batch, c.n_head, max_len, c.n_embd // c.n_head, p.device, dtype)
+        return KVCache(c.layers, batch, c.heads, max_len, c.embed // c.heads, p.device, dtype)
 
     def forward_cached(self, x: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
         """Embedded positions `start .. start+T` -> logits of the last one (B, vocab)."""
@@ -266,24 +246,40 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | N
 
 # ------------------------------------------------------------------------------------------------ loading
 
-def _infer_config(sd: dict[str, torch.Tensor]) -> GPTConfig:
-    """Sizes from the weight shapes; the head count is not in them: SpecVQGAN's 16 is assumed."""
-    n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    vocab, n_embd = sd["tok_emb.weight"].shape
-    cfg = GPTConfig(vocab_size=vocab, block_size=sd["pos_emb"].shape[1], n_layer=n_layer, n_embd=n_embd,
-                    feat_dim=sd["embedder.weight"].shape[1])
-    log.warning("no transformer config in the checkpoint: inferred %s (n_head=%d assumed)", cfg, cfg.n_head)
-    return cfg
+CKPT_FORMAT = "i2a-gpt-v1"  # what i2a.training.gpt writes: weights + the run's RunSpec + its codebook
+
+
+def _shape_config(sd: dict[str, torch.Tensor], heads: int) -> GPTConfig:
+    """The transformer's sizes from its weight shapes; the head count is not in them."""
+    vocab, embed = sd["tok_emb.weight"].shape
+    return GPTConfig(vocab_size=vocab, block_size=sd["pos_emb"].shape[1],
+                     layers=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")), heads=heads,
+                     embed=embed, feat_dim=sd["embedder.weight"].shape[1])
+
+
+def _check_shapes(path: Path, sd: dict[str, torch.Tensor], cfg: GPTConfig) -> None:
+    found = _shape_config(sd, cfg.heads)
+    differences = [f"{f}: the checkpoint has {getattr(found, f)}, the run says {getattr(cfg, f)}"
+                   for f in ("vocab_size", "block_size", "layers", "embed", "feat_dim")
+                   if getattr(found, f) != getattr(cfg, f)]
+    if differences:
+        raise ValueError(f"{path} does not fit the run's transformer: " + "; ".join(differences))
 
 
 def load_transformer(path: str | Path, cfg: GPTConfig | None = None, map_location: str | torch.device = "cpu") -> GPT:
-    """Load a SpecVQGAN Lightning checkpoint (`transformer.*` keys; `first_stage_model.*` etc. ignored),
-    a checkpoint written by `i2a.train_gpt` (config inside), or a bare GPT state dict. Returns fp32, eval mode."""
+    """A GPT in eval mode (fp32) from a checkpoint written by `i2a.training.gpt` (which describes itself: its
+    RunSpec and codebook land in `model.run_spec` and `model.codebook`), from a SpecVQGAN Lightning checkpoint
+    (`transformer.*` keys; `first_stage_model.*` etc. ignored) or from a bare GPT state dict.
+
+    `cfg` is what the caller expects: a self-describing checkpoint must agree with it; a SpecVQGAN one takes its
+    head count from it (the weights do not say) after its shapes were checked against it (16 heads, SpecVQGAN's,
+    are assumed without a cfg, with a warning).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"transformer checkpoint {path} not found: train one (i2a.train_gpt) or download a released "
-            "SpecVQGAN VAS transformer (SPEC section 10) and point the config at its .ckpt")
+            f"transformer checkpoint {path} not found: train one (the workflow's train_gpt rule) or fetch a released "
+            "SpecVQGAN VAS transformer (a run with source: released; the fetch_checkpoint rule)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name and a way out
@@ -297,14 +293,19 @@ def load_transformer(path: str | Path, cfg: GPTConfig | None = None, map_locatio
         sd = {k[len("transformer."):]: v for k, v in sd.items() if k.startswith("transformer.")}
     if "tok_emb.weight" not in sd:
         raise ValueError(f"{path} holds no GPT weights (no 'transformer.tok_emb.weight' or 'tok_emb.weight')")
-    if cfg is None:
-        stored = ckpt.get("gpt_config") or ckpt.get("config")
-        cfg = GPTConfig.from_dict(stored) if isinstance(stored, dict) else _infer_config(sd)
+    run_spec = None
+    if ckpt.get("format") == CKPT_FORMAT:
+        from i2a.runspec import RunSpec
+
+        run_spec = RunSpec.from_dict(ckpt["run_spec"])
+        if cfg is not None and cfg != run_spec.model:
+            raise ValueError(f"{path} was trained as {run_spec.model}, not {cfg}")
+        cfg = run_spec.model
+    elif cfg is None:
+        cfg = _shape_config(sd, heads=GPTConfig().heads)
+        log.warning("%s does not describe itself: inferred %s (SpecVQGAN's %d heads assumed)", path, cfg, cfg.heads)
+    _check_shapes(path, sd, cfg)
     model = GPT(cfg)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    model.run_spec, model.codebook = run_spec, ckpt.get("codebook")
     return model.to(map_location).eval()
-
-
-def config_dict(cfg: GPTConfig) -> dict[str, Any]:
-    """Plain dict (what checkpoints store under `gpt_config`)."""
-    return asdict(cfg)

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from i2a import media
-from i2a.backbones import Backbone
+from i2a.data import media
+from i2a.features.backbones import FrameEncoder
 from i2a.parallel import prefetched
-from i2a.store import NpyRowWriter
+from i2a.data.store import NpyRowWriter
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def pad_and_crop(feats: np.ndarray, total: int = 215, crop: int = 212) -> np.nda
 _FUSED: "weakref.WeakKeyDictionary[nn.Module, nn.Module | None]" = weakref.WeakKeyDictionary()
 
 
-def _inference_model(backbone: Backbone, device: torch.device) -> nn.Module:
+def _inference_model(backbone: FrameEncoder, device: torch.device) -> nn.Module:
     """The backbone's model on `device` in channels_last, with BatchNorm folded into the convolutions (CNNs).
 
     Folding changes features by ~1e-6 relative; it and channels_last put oneDNN/cuDNN on their fast paths.
@@ -92,7 +92,7 @@ def keep_freed_memory() -> None:
         pass
 
 
-def _encode(backbone: Backbone, crops: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+def _encode(backbone: FrameEncoder, crops: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
     """uint8 [T,3,S,S] crops -> float32 [T,D]; normalisation happens on the device (4x less to copy)."""
     model, out = _inference_model(backbone, device), []
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -105,7 +105,7 @@ def _encode(backbone: Backbone, crops: torch.Tensor, batch_size: int, device: to
     return torch.cat(out).numpy()
 
 
-def extract_clip_features(backbone: Backbone, frames: np.ndarray | torch.Tensor, batch_size: int = 64,
+def extract_clip_features(backbone: FrameEncoder, frames: np.ndarray | torch.Tensor, batch_size: int = 64,
                           device: str | torch.device = "cpu") -> np.ndarray:
     """Features of every frame of one clip: uint8 [T,H,W,3] -> float32 [T, feat_dim]."""
     device = torch.device(device)
@@ -140,7 +140,7 @@ def _prefetched(fn: Callable, items: Sequence, workers: int, ahead: int) -> Iter
         torch.set_num_threads(n_threads)
 
 
-def extract_features(backbone: Backbone, video_paths: Sequence[str | Path], out_npy: str | Path,
+def extract_features(backbone: FrameEncoder, video_paths: Sequence[str | Path], out_npy: str | Path,
                      total: int = 215, crop: int = 212, dtype: str = "float32", batch_size: int = 64,
                      num_workers: int = 2, device: str | torch.device = "cpu", fps: float | None = 21.5,
                      read_frames: Callable[[str | Path], np.ndarray] | None = None) -> np.ndarray:
@@ -148,7 +148,7 @@ def extract_features(backbone: Backbone, video_paths: Sequence[str | Path], out_
 
     Rows follow `video_paths`; a clip that cannot be decoded stops the run with its path (clips are vetted
     when the dataset is prepared). Frames are taken at `fps` (None: every decoded frame) by
-    `i2a.media.read_video_frames`, or by `read_frames`, in `num_workers` background threads (0: inline).
+    `i2a.data.media.read_video_frames`, or by `read_frames`, in `num_workers` background threads (0: inline).
     Rows are streamed to disk, so memory does not grow with the number of clips. Returns the file, memory-mapped.
     """
     device = torch.device(device)
@@ -171,3 +171,21 @@ def extract_features(backbone: Backbone, video_paths: Sequence[str | Path], out_
     log.info("%s: %d clips, %d frames encoded in %.1f s (%.1f frames/s)", backbone.name, len(paths), n_frames,
              elapsed, n_frames / max(elapsed, 1e-9))
     return np.load(out_npy, mmap_mode="r")
+
+
+def extract_shard(name: str, settings: dict, frames: dict, dtype: str, shard_dir: str | Path, features_out: str | Path,
+                  index_out: str | Path, workers: int = 2, device=None) -> None:
+    """The workflow's extract_features job: (clips, feat_crop, D) features of one shard's videos at frames['fps'],
+    padded by tiling and centre-cropped, and an index of the clips (row i of the .npy is the index's row i)."""
+    from i2a.data.clips import Shard, write_tsv
+    from i2a.device import pick_device
+    from i2a.features.backbones import build_backbone
+
+    encoder = build_backbone(name, weights=settings["weights"], cache_dir="resources/weights",
+                             image_size=settings["image_size"])
+    shard = Shard(shard_dir)
+    extract_features(encoder, shard.video_paths(), features_out, fps=frames["fps"], total=frames["total"],
+                     crop=frames["crop"], dtype=dtype, batch_size=settings["batch_size"], num_workers=workers,
+                     device=pick_device(device))
+    write_tsv(shard.ok[["clip", "class"]], index_out)
+    log.info("%d clips -> %s", len(shard.clips), features_out)

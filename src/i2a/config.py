@@ -1,0 +1,212 @@
+"""The workflow's config: schema validation with defaults, and errors a researcher can act on.
+
+The JSON schema (workflow/schemas/config.schema.yaml) does the type, range and enum checks and fills in the
+defaults; the allowed backbones and released models are not written in it but taken from the registries
+(`i2a.features.registry`, `i2a.models.released`), so a new backbone is one registry entry. Every error is one
+line naming the key, the bad value and what is allowed; `check_config_semantics` adds the checks a schema cannot
+express. Torch-free: this runs on every `snakemake` invocation, the dry runs included.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from i2a.features.registry import BACKBONES, FEATURE_CHOICES, resolve_weights, weights_file
+from i2a.models.released import RELEASED, TRANSFORMERS, released
+from i2a.runspec import codebook_downsampling, codebook_size
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def key_path(path) -> str:
+    """('runs', 2, 'dropout') -> 'runs[2].dropout'."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def describe(error) -> str:
+    """One line for a jsonschema ValidationError."""
+    validator, where = error.validator, key_path(error.absolute_path)
+    if validator == "enum":
+        allowed = ", ".join(str(v) for v in error.validator_value)
+        return f"config key {where}: {error.instance!r} is not allowed; allowed values: {allowed}"
+    if validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"config key {where}: missing required key '{missing}'"
+    if validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"config key {where}: {error.message}; allowed keys: {allowed}"
+    if validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+        return f"config key {where}: {error.instance!r} violates {validator} {error.validator_value}"
+    if validator == "type" and isinstance(error.instance, str) and "number" in str(error.validator_value):
+        return (f"config key {where}: {error.instance!r} is text, not a number (YAML reads 2e-4 as text: write "
+                "2.0e-4)")
+    return f"config key {where}: {error.message}"
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """The schema file with the registries' names filled in where it says which backbones and released models
+    exist."""
+    schema = yaml.safe_load(Path(path).read_text())
+    defs = schema["$defs"]
+    defs["run"]["properties"]["features"]["enum"] = list(FEATURE_CHOICES)
+    defs["run"]["properties"]["released"]["enum"] = list(TRANSFORMERS)
+    schema["properties"]["backbones"]["properties"] = {
+        name: {"$ref": "#/$defs/backbone", "default": {}} for name in BACKBONES}
+    schema["properties"]["checkpoints"]["propertyNames"] = {"enum": list(RELEASED)}
+    return schema
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _validator(schema: dict[str, Any]):
+    """Draft 2020-12 with defaults filled in (as snakemake's validate) and numbers that YAML read as text
+    (`2e-4`: YAML 1.1 wants a dot) taken as the numbers they spell."""
+    from jsonschema import Draft202012Validator, validators
+
+    base_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, subschema):
+        if isinstance(instance, dict):
+            for name, prop in props.items():
+                if "default" in prop and name not in instance:
+                    instance[name] = copy.deepcopy(prop["default"])
+                types = prop.get("type", [])
+                types = [types] if isinstance(types, str) else types
+                value = instance.get(name)
+                if "number" in types and isinstance(value, str) and _NUMBER.match(value.strip()):
+                    instance[name] = float(value)
+        yield from base_properties(validator, props, instance, subschema)
+
+    return validators.extend(Draft202012Validator, {"properties": properties})(schema)
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """Fill in defaults and check `config` in place; raises ConfigError with one line naming the first bad key."""
+    import jsonschema
+
+    validator = _validator(load_schema(schema_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        raise ConfigError("invalid config: " + describe(jsonschema.exceptions.best_match(errors)))
+    try:
+        check_config_semantics(config)
+    except ConfigError as error:
+        raise ConfigError(f"invalid config: {error}") from None
+    return config
+
+
+def _looks_like_weights(path: Path) -> str | None:
+    """None when the file is a torch checkpoint (a zip archive, or a legacy pickle) or safetensors; else why not.
+    Read from the first bytes, without torch."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"PK\x03\x04") or head[:2] == b"\x80\x02":
+        return None
+    if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
+        return None
+    return "it is not a checkpoint (neither a torch.save archive nor a safetensors file)"
+
+
+def _check_weights(where: str, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config key {where}: the file {path} does not exist")
+    problem = _looks_like_weights(path)
+    if problem:
+        raise ConfigError(f"config key {where}: {path}: {problem}")
+
+
+def check_config_semantics(config: dict[str, Any]) -> None:
+    """Cross-key checks the schema cannot express; raises ConfigError naming the key."""
+    names = [run["name"] for run in config["runs"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"config key runs: run names must be unique; repeated: {', '.join(dupes)}")
+    audio, video = config["audio"], config["video"]
+    if audio["crop_frames"] > audio["keep_frames"]:
+        raise ConfigError(f"config key audio.crop_frames: {audio['crop_frames']} > audio.keep_frames {audio['keep_frames']}")
+    if audio["fmax"] > audio["sample_rate"] / 2:
+        raise ConfigError(f"config key audio.fmax: {audio['fmax']} Hz is above the Nyquist frequency of "
+                          f"audio.sample_rate {audio['sample_rate']} Hz")
+    if audio["n_mels"] % codebook_downsampling(config):
+        raise ConfigError(f"config key audio.n_mels: {audio['n_mels']} is not a multiple of the codebook's "
+                          f"downsampling {codebook_downsampling(config)}")
+    if video["feat_crop"] > video["feat_frames"]:
+        raise ConfigError(f"config key video.feat_crop: {video['feat_crop']} > video.feat_frames {video['feat_frames']}")
+    if config["dataset"] == "vas" and config["vas"]["source"] == "local":
+        local_dir = config["vas"]["local_dir"]
+        if not local_dir:
+            raise ConfigError("config key vas.local_dir: required when vas.source is local (a folder of <class>/<clip>.mp4)")
+        if not Path(local_dir).is_dir():
+            raise ConfigError(f"config key vas.local_dir: {local_dir} is not a folder (expected <class>/<clip>.mp4 "
+                              "inside; or set vas.source: download)")
+    if config["dataset"] == "synthetic":
+        synthetic = config["synthetic"]
+        per_split = {"train": synthetic["classes"] * (synthetic["clips_per_class"] - synthetic["valid_per_class"]),
+                     "valid": synthetic["classes"] * synthetic["valid_per_class"]}
+        for split, clips in per_split.items():
+            if config["shards"][split] > clips:
+                raise ConfigError(f"config key shards.{split}: {config['shards'][split]} shards for {clips} {split} "
+                                  "clips would leave shards empty; use at most one shard per clip")
+    for name, settings in config["backbones"].items():
+        try:
+            weights = resolve_weights(name, settings["weights"])
+        except ValueError as error:
+            raise ConfigError(f"config key backbones.{name}.weights: {error}") from None
+        if weights not in ("none", *BACKBONES[name].weights):  # a path: it must exist and be a checkpoint
+            _check_weights(f"backbones.{name}.weights", weights_file(name, weights))
+        size, patch = settings["image_size"], BACKBONES[name].patch
+        if size is not None and patch and size % patch:
+            raise ConfigError(f"config key backbones.{name}.image_size: {size} is not a multiple of the model's "
+                              f"{patch}-pixel patches")
+    if config["sampling"]["top_k"] > codebook_size(config):
+        raise ConfigError(f"config key sampling.top_k: {config['sampling']['top_k']} is larger than the codebook "
+                          f"(codebook.model.n_embed: {codebook_size(config)} codes)")
+    for section in ("codebook", "vocoder", "melception"):
+        if config[section].get("path"):
+            _check_weights(f"{section}.path", config[section]["path"])
+    for i, run in enumerate(config["runs"]):
+        where = f"runs[{i}] ({run['name']})"
+        if run["embed"] % run["heads"]:
+            raise ConfigError(f"config key {where}.embed: {run['embed']} is not divisible by heads={run['heads']}")
+        if run["feat_sample_size"] > video["feat_crop"]:
+            raise ConfigError(
+                f"config key {where}.feat_sample_size: {run['feat_sample_size']} > video.feat_crop {video['feat_crop']}")
+        if run["features"] == "none" and run["feat_sample_size"] != 1:
+            raise ConfigError(f"config key {where}.feat_sample_size: the no-feats baseline takes S = 1 (random "
+                              f"features), not {run['feat_sample_size']}")
+        if run["source"] == "released":
+            check_released_run(config, run, where)
+    melception = config["melception"]
+    if (melception["source"] == "released" or melception["path"]) and not melception["stats"] \
+            and "melception_stats" not in RELEASED:
+        raise ConfigError("config key melception.stats: the released Melception needs its per-mel-bin statistics")
+
+
+def check_released_run(config: dict[str, Any], run: dict[str, Any], where: str) -> None:
+    """A run that evaluates a released transformer must describe it as it was trained (SPEC section 10)."""
+    name = run.get("released")
+    if name is None:
+        raise ConfigError(f"config key {where}.released: required with source released; allowed values: "
+                          f"{', '.join(TRANSFORMERS)}")
+    model = released(name)
+    expected = {"features": model.features, "feat_sample_size": model.feat_sample_size, "layers": model.layers,
+                "heads": model.heads, "embed": model.embed}
+    differences = [f"{key}: the run says {run[key]}, the checkpoint has {value}" for key, value in expected.items()
+                   if run[key] != value]
+    if differences:
+        raise ConfigError(f"config key {where}: the released transformer {name} does not match the run: "
+                          + "; ".join(differences))
+    if config["codebook"]["source"] != "released" and not config["codebook"]["path"]:
+        raise ConfigError(f"config key codebook.source: a released transformer ({where}) needs the released VAS "
+                          "codebook (codebook.source: released)")

@@ -1,0 +1,112 @@
+"""The files the SpecVQGAN authors released (SPEC section 10), one entry each: where each comes from, its MD5,
+what is inside, and for the VAS transformers what they were trained with and what the paper reports for them
+(SPEC section 8). The fetch rule, the loaders' error messages, the config checks and the table's `published_*`
+columns read this table. Torch-free: planning reads it.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_URL = "https://a3s.fi/swift/v1/AUTH_a235c0f452d648828f745589cde1219a/specvqgan_public"
+CACHE_DIR = "resources/checkpoints"
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the paper reports for a model on the 768 VAS validation videos."""
+
+    FID: float
+    KL: float
+    samples_per_video: int
+    source: str
+
+
+@dataclass(frozen=True)
+class ReleasedFile:
+    name: str
+    kind: str  # codebook | transformer | melgan | melception | melception_stats
+    path: str  # under BASE_URL
+    md5: str | None  # None: the authors publish none (the first download records it)
+    suffix: str = "ckpt"  # the local file: resources/checkpoints/<name>.<suffix>
+    member: str | None = None  # the checkpoint inside a tar.gz (None: the single *.ckpt in it)
+    # transformers: what they were trained with (SPEC section 5), checked against the run that names them
+    features: str | None = None
+    feat_sample_size: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    embed: int | None = None
+    published: Published | None = None
+    description: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"{BASE_URL}/{self.path}"
+
+    @property
+    def local_path(self) -> str:
+        return f"{CACHE_DIR}/{self.name}.{self.suffix}"
+
+
+def _transformer(name: str, stamp: str, md5: str, features: str, S: int, published: Published) -> ReleasedFile:
+    return ReleasedFile(name, "transformer", f"models/{stamp}_vas_transformer.tar.gz", md5, features=features,
+                        feat_sample_size=S, layers=24, heads=16, embed=1024, published=published,
+                        description=f"VAS transformer, {features} x {S} on the VAS codebook")
+
+
+_RESNET50 = "SpecVQGAN README, ResNet50 features, 10 samples per video"
+_BN_INCEPTION = "SpecVQGAN paper, BN-Inception protocol, 100 samples per video"
+RELEASED: dict[str, ReleasedFile] = {f.name: f for f in [
+    ReleasedFile("vas_codebook", "codebook", "models/2021-06-06T19-42-53_vas_codebook.tar.gz",
+                 "0024ad3705c5e58a11779d3d9e97cc8a", published=Published(6.0, 1.0, 1, "SpecVQGAN README"),
+                 description="VAS spectrogram codebook (128 codes, 5 x 53 tokens), epoch_259.ckpt inside"),
+    _transformer("resnet50_1feat", "2021-07-29T14-59-49", "a7a1342030653945e97f68a8112ed54a", "resnet50", 1,
+                 Published(25.1, 6.3, 10, _RESNET50)),
+    _transformer("resnet50_5feat", "2021-07-29T14-51-25", "78b8d42be19dd1b0a346b1f512967302", "resnet50", 5,
+                 Published(20.9, 6.1, 10, _RESNET50)),
+    _transformer("resnet50_212feat", "2021-07-29T13-34-39", "dc2b5cbd28ad98d2f9ca4329e8aa0f64", "resnet50", 212,
+                 Published(22.6, 5.8, 10, _RESNET50)),
+    _transformer("no_feats", "2021-06-20T16-24-38", "ea4945802094f826061483e7b9892839", "none", 1,
+                 Published(28.7, 9.2, 100, _BN_INCEPTION)),
+    ReleasedFile("melception", "melception", "melception-21-05-10T09-28-40.pt", "a71a41041e945b457c7d3d814bbcf72d",
+                 description="Melception trained on VGGSound (309 classes), state dict under 'model'"),
+    ReleasedFile("melception_stats", "melception_stats", "train_means_stds_melspec_10s_22050hz.txt",
+                 "f449c6fd0e248936c16f6d22492bb625", suffix="txt",
+                 description="Melception's per-mel-bin mean and std (VGGSound train split), one 'mean std' line per bin"),
+    ReleasedFile("melgan", "melgan", "melgan_ckpt/netG.pt", None,
+                 description="MelGAN generator trained on VGGSound (22,050 Hz), a bare state dict"),
+]}
+TRANSFORMERS = [name for name, f in RELEASED.items() if f.kind == "transformer"]
+
+
+def released(name: str) -> ReleasedFile:
+    if name not in RELEASED:
+        raise ValueError(f"unknown released file {name!r}; known: {', '.join(RELEASED)}")
+    return RELEASED[name]
+
+
+def how_to_fetch(name: str) -> str:
+    """The command that fetches a released file into place (MD5 checked), for error messages."""
+    f = released(name)
+    return f"snakemake --cores 1 {f.local_path}   (downloads {f.url})"
+
+
+def fetch_released(name: str, dest: str | Path, url: str | None = None) -> Path:
+    """The workflow's fetch_checkpoint job: download a released file (resumable, MD5 checked, from `url` if a
+    mirror is configured) and put the checkpoint it holds at `dest`."""
+    from i2a.atomic import copy_file
+    from i2a.download import download, extract_checkpoint, record_or_check_md5
+
+    entry, dest = released(name), Path(dest)
+    url = url or entry.url
+    archive = dest.parent / "downloads" / url.rsplit("/", 1)[-1]
+    if not archive.exists():
+        download(url, archive, md5=entry.md5)
+    md5 = record_or_check_md5(archive, entry.md5)
+    if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
+        extract_checkpoint(archive, dest, entry.member)
+    else:
+        copy_file(archive, dest)  # streamed: the file can be larger than memory
+    logging.getLogger(__name__).info("%s (md5 %s) -> %s", archive, md5, dest)
+    return dest

@@ -1,0 +1,158 @@
+"""One run of the study's grid as one typed description: `RunSpec`, built once from a validated config entry.
+
+The names are the config's (`layers`, `heads`, `embed`, `dropout`, `weight_decay`, ...): the same words in
+`config/*.yaml`, in these dataclasses, in the transformer (`GPTConfig`) and in the table's columns. Every job
+and library function takes a RunSpec or one of its parts, and a GPT checkpoint stores the whole of it, so
+whatever reads the checkpoint needs no side channel. Torch-free: planning the DAG builds one per run.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+# SpecVQGAN's (minGPT's) names for the same settings, as its configs and the interop files spell them
+_MINGPT_NAMES = {"n_layer": "layers", "n_head": "heads", "n_embd": "embed"}
+_MINGPT_DROPOUTS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
+
+
+def _known(cls, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The transformer's shape. Defaults: SpecVQGAN's VAS transformer, 24 layers x 16 heads x 1024-d, a block
+    of 265 tokens + 212 feature frames, 2048-d (ResNet50) features. One `dropout` for the embedding, the
+    residual branches and attention, as the study varied them."""
+
+    vocab_size: int = 128
+    block_size: int = 477
+    layers: int = 24
+    heads: int = 16
+    embed: int = 1024
+    feat_dim: int = 2048
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.embed % self.heads:
+            raise ValueError(f"embed ({self.embed}) must be divisible by heads ({self.heads})")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Ours, or SpecVQGAN's minGPT names (`n_layer`, `n_embd`, `*_pdrop`); other keys (notes) are ignored."""
+        d = {_MINGPT_NAMES.get(k, k): v for k, v in d.items()}
+        drops = {d[k] for k in _MINGPT_DROPOUTS if k in d}
+        if len(drops) > 1:
+            raise ValueError(f"separate dropouts {sorted(drops)} are not supported: one `dropout` for all three")
+        if drops and "dropout" not in d:
+            d["dropout"] = drops.pop()
+        return cls(**_known(cls, d))
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a run's transformer is optimised; SpecVQGAN's VAS recipe by default (SPEC section 5)."""
+
+    batch: int = 16  # per GPU
+    gpus: int = 1  # DDP when > 1
+    accumulate: int = 1
+    base_lr: float = 1e-6  # LR = base_lr x batch x gpus x accumulate
+    weight_decay: float = 0.01  # on Linear weights only
+    betas: tuple[float, float] = (0.9, 0.95)
+    scheduler: Literal["none", "plateau", "cosine"] = "none"
+    plateau_patience: int = 10
+    plateau_factor: float = 0.1
+    max_epochs: int = 30
+    early_stopping: bool = False
+    early_stopping_patience: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.scheduler not in ("none", "plateau", "cosine"):
+            raise ValueError(f"scheduler must be 'none', 'plateau' or 'cosine', got {self.scheduler!r}")
+        for name in ("batch", "gpus", "accumulate", "max_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.base_lr * self.batch * self.gpus * self.accumulate
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Top-k sampling of the validation videos (SPEC section 5); shared by every run of a config."""
+
+    samples_per_video: int = 10
+    top_k: int = 64
+    temperature: float = 1.0
+    seed: int = 0
+    seeds: int = 1  # sampling seeds seed, seed+1, ...: each draws samples_per_video per video
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that decides one run's result."""
+
+    name: str
+    features: str  # a backbone of i2a.features.registry, or "none" (random features, the no-feats baseline)
+    feat_sample_size: int = 212  # S of the 212 frames
+    source: Literal["train", "released"] = "train"
+    released: str | None = None  # with source "released": which of i2a.models.released's transformers
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.model.block_size - self.feat_sample_size
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], entry: dict[str, Any]) -> RunSpec:
+        """A validated config (schema defaults filled in) and one of its `runs:` entries."""
+        from i2a.features.registry import feature_dim
+
+        model = GPTConfig(vocab_size=codebook_size(config), block_size=tokens_per_clip(config) + entry["feat_sample_size"],
+                          layers=entry["layers"], heads=entry["heads"], embed=entry["embed"],
+                          feat_dim=feature_dim(entry["features"]), dropout=entry["dropout"])
+        return cls(name=entry["name"], features=entry["features"], feat_sample_size=entry["feat_sample_size"],
+                   source=entry["source"], released=entry.get("released"), model=model,
+                   train=TrainSettings(**_known(TrainSettings, entry)),
+                   sampling=SamplingSettings(**_known(SamplingSettings, config["sampling"])))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["train"]["betas"] = list(self.train.betas)
+        return d
+
+    def training_view(self) -> dict[str, Any]:
+        """What changes a trained transformer: all but the sampling settings (a rule's params)."""
+        d = self.to_dict()
+        del d["sampling"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        d = dict(d)
+        return cls(**{**_known(cls, d), "model": GPTConfig.from_dict(d.get("model", {})),
+                      "train": TrainSettings(**_known(TrainSettings, d.get("train", {}))),
+                      "sampling": SamplingSettings(**_known(SamplingSettings, d.get("sampling", {})))})
+
+    def with_sampling(self, **changes: Any) -> RunSpec:
+        return replace(self, sampling=replace(self.sampling, **changes))
+
+
+def codebook_size(config: dict[str, Any]) -> int:
+    return int(config["codebook"]["model"]["n_embed"])
+
+
+def codebook_downsampling(config: dict[str, Any]) -> int:
+    return 2 ** (len(config["codebook"]["model"]["ch_mult"]) - 1)
+
+
+def tokens_per_clip(config: dict[str, Any]) -> int:
+    """The codebook's token grid for the model's crop: (80 / 16) x (848 / 16) = 5 x 53 = 265 for VAS."""
+    f = codebook_downsampling(config)
+    return (config["audio"]["n_mels"] // f) * (config["audio"]["crop_frames"] // f)

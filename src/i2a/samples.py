@@ -1,0 +1,130 @@
+"""A run's samples: tokens drawn for every validation video, decoded to spectrograms by the codebook, and some
+of them vocoded to wav files to listen to.
+
+Every sample has a seed of its own (video, sampling seed, sample number), so it does not depend on batching,
+device or the other videos, and a sample set can be extended or recomputed piece by piece.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from i2a.atomic import atomic_path
+from i2a.data.mel import MelSpec
+from i2a.data.store import ShardedArray
+from i2a.device import pick_device
+from i2a.models.gpt import load_transformer, random_features, sample_frame_indices, sample_tokens
+from i2a.runspec import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+def sample_seeds(base_seed: int, n_videos: int, samples_per_video: int, repeats: int = 1) -> np.ndarray:
+    """(V, repeats x K) seeds, one per (video, repeat, sample): a sample does not depend on batching, device or
+    the other videos. Repeat r is the sample set of sampling seed base_seed + r (repeat 0 is base_seed's)."""
+    video = np.arange(n_videos)[:, None, None]
+    repeat = np.arange(repeats)[None, :, None]
+    sample = np.arange(samples_per_video)[None, None, :]
+    seeds = (base_seed + repeat) * 1_000_003 + video * samples_per_video + sample
+    return seeds.reshape(n_videos, repeats * samples_per_video).astype(np.int64)
+
+
+def condition(features: str, feats: np.ndarray | None, seeds: np.ndarray, S: int, feat_dim: int) -> torch.Tensor:
+    """(rows, D, S) conditioning for one batch: real frames, or seeded noise for the no-feats baseline."""
+    if features == "none":
+        return torch.cat([random_features(1, feat_dim, S, int(s)) for s in seeds])
+    idx = sample_frame_indices(feats.shape[1], S)
+    return torch.from_numpy(np.ascontiguousarray(feats[:, idx].transpose(0, 2, 1), dtype=np.float32))
+
+
+def load_run_transformer(spec: RunSpec, path: str | Path, device: torch.device):
+    """The run's transformer: a trained one describes itself and must be the run's; a released one is checked
+    against the run's shape and takes its head count from it."""
+    gpt = load_transformer(path, spec.model if spec.source == "released" else None, map_location=device)
+    if gpt.run_spec is not None and gpt.run_spec.training_view() != spec.training_view():
+        raise ValueError(f"{path} was trained for run {gpt.run_spec.name!r} with other settings than run "
+                         f"{spec.name!r}: retrain it (snakemake reruns train_gpt when its settings change)")
+    return gpt
+
+
+def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str | Path,
+               valid_shards: Sequence[str | Path], feature_files: Sequence[str | Path], tokens_out: str | Path,
+               mels_out: str | Path, names_out: str | Path, batch_size: int = 64, device: str | None = None) -> None:
+    """Top-k samples for every validation video: tokens (V, R x K, n_tokens) int16 and decoded mels
+    (V, R x K, n_mels, T) float16 for R = spec.sampling.seeds sampling seeds of K samples each (seed-major),
+    written memory-mapped (100 samples x 768 videos do not fit in memory) and in place only when complete;
+    `names_out` lists the V videos in row order."""
+    from i2a.atomic import write_text
+    from i2a.data.clips import split_clips
+    from i2a.models.codebook import decode_tokens, load_codebook
+
+    videos = list(split_clips(valid_shards)["clip"])
+    n_videos = len(videos)
+
+    device = pick_device(device)
+    gpt = load_run_transformer(spec, transformer_ckpt, device)
+    codebook = load_codebook(codebook_ckpt, map_location=device)
+    # the transformer's own description says what it reads (a released one: the run, checked against its shapes)
+    trained_as = gpt.run_spec or spec
+    sampling, S = spec.sampling, trained_as.feat_sample_size
+    n_tokens = gpt.block_size - S
+    R, K = sampling.seeds, sampling.seeds * sampling.samples_per_video
+    feats = None if trained_as.features == "none" else ShardedArray(feature_files)
+    if feats is not None and len(feats) != n_videos:
+        raise ValueError(f"{len(feats)} feature rows for {n_videos} validation videos")
+    seeds = sample_seeds(sampling.seed, n_videos, sampling.samples_per_video, R)
+    videos_per_batch = max(1, batch_size // K)
+    with atomic_path(tokens_out) as tokens_tmp, atomic_path(mels_out) as mels_tmp:
+        tokens = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=np.int16, shape=(n_videos, K, n_tokens))
+        mels = None
+        for start in tqdm(range(0, n_videos, videos_per_batch), desc="sampling", mininterval=10):
+            stop = min(n_videos, start + videos_per_batch)
+            # each video's features are read once and shared by its K samples
+            batch_feats = None if feats is None else np.repeat(np.stack([feats[i] for i in range(start, stop)]), K, 0)
+            batch_seeds = seeds[start:stop].ravel()
+            cond = condition(trained_as.features, batch_feats, batch_seeds, S, gpt.config.feat_dim).to(device)
+            out = sample_tokens(gpt, cond, n_tokens, top_k=sampling.top_k, temperature=sampling.temperature,
+                                seeds=batch_seeds.tolist(), cache=True)
+            tokens[start:stop] = out.view(stop - start, K, n_tokens).cpu().numpy()
+            decoded = decode_tokens(codebook, out.cpu().numpy(), progress=False)
+            if mels is None:
+                mels = np.lib.format.open_memmap(mels_tmp, mode="w+", dtype=np.float16,
+                                                 shape=(n_videos, K, *decoded.shape[1:]))
+            mels[start:stop] = decoded.reshape(stop - start, K, *decoded.shape[1:])
+        tokens.flush()
+        mels.flush()
+        del tokens, mels
+    write_text(names_out, "\n".join(videos) + "\n")
+    log.info("sampled %d videos x %d seeds x %d samples of %d tokens", n_videos, R, K // R, n_tokens)
+
+
+def vocode_samples(mels_path: str | Path, names_path: str | Path, out_dir: str | Path, kind: str, mel: MelSpec,
+                   melgan_ckpt: str | Path | None = None, listen_videos: int = 0, device: str | None = None) -> int:
+    """Every sample of the first `listen_videos` validation videos (0: all) as a 22,050 Hz wav in `out_dir`, with
+    `index.tsv` (file, clip, sample); `kind` is 'melgan' or 'griffin_lim'. The folder appears only complete."""
+    from i2a.data.clips import write_tsv
+    from i2a.models.vocoder import griffin_lim, load_melgan, vocode, write_wav
+
+    mels = np.load(mels_path, mmap_mode="r")  # (videos, samples, n_mels, frames)
+    videos = Path(names_path).read_text().splitlines()
+    n = min(listen_videos or len(videos), len(videos))
+    generator = load_melgan(melgan_ckpt, device=pick_device(device)) if kind == "melgan" else None
+    rows = []
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        for v, clip in enumerate(tqdm(videos[:n], desc="vocoding", unit="video", mininterval=10)):
+            batch = np.asarray(mels[v], dtype=np.float32)
+            wavs = vocode(generator, batch) if generator is not None else griffin_lim(batch, mel)
+            for k, wav in enumerate(wavs):
+                name = f"{v:04d}_sample{k:02d}.wav"
+                write_wav(tmp / name, wav, sr=mel.sample_rate)
+                rows.append({"file": name, "clip": clip, "sample": k})
+        write_tsv(pd.DataFrame(rows, columns=["file", "clip", "sample"]), tmp / "index.tsv")
+    log.info("wrote %d wav files for %d videos", len(rows), n)
+    return len(rows)

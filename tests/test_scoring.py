@@ -1,0 +1,114 @@
+"""The scoring protocol and the vocoding of samples, as library functions on small real-shaped files."""
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import torch
+
+from i2a.data.clips import write_tsv
+from i2a.data.mel import MelSpec
+from i2a.data.store import save_npy
+from i2a.evaluation.scoring import score_reference, score_samples
+from i2a.models.melception import CKPT_FORMAT, Melception, MelceptionConfig
+from i2a.samples import vocode_samples
+
+CLASSES = ["low", "high"]
+T = 48
+
+
+def _mel(cls: int, rng) -> np.ndarray:
+    """A band at a class-specific height over a noise floor: (80, T) in [0, 1]."""
+    f = np.arange(80)[:, None]
+    band = np.exp(-0.5 * ((f - (15 if cls == 0 else 60)) / 4.0) ** 2)
+    return np.clip(0.2 + 0.6 * band + rng.normal(0, 0.03, (80, T)), 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A validation shard of 6 clips, a small random Melception saved as a trained one, and its reference."""
+    root = tmp_path_factory.mktemp("scoring")
+    rng = np.random.default_rng(0)
+    labels = [0, 1, 0, 1, 0, 1]
+    shard = root / "valid" / "shard000"
+    shard.mkdir(parents=True)
+    save_npy(shard / "mels.npy", np.stack([_mel(c, rng) for c in labels]))
+    write_tsv(pd.DataFrame({"clip": [f"{CLASSES[c]}/{i}" for i, c in enumerate(labels)],
+                            "class": [CLASSES[c] for c in labels], "status": "ok", "reason": "",
+                            "file": [f"{i:05d}" for i in range(6)]}), shard / "clips.tsv")
+    torch.manual_seed(0)
+    cfg = MelceptionConfig(num_classes=2, width=0.0625)
+    model = Melception(cfg)
+    stats = np.stack([np.full(80, 0.3), np.full(80, 0.2)], axis=1)
+    ckpt = root / "melception.ckpt"
+    torch.save({"format": CKPT_FORMAT, "model": model.state_dict(), "config": asdict(cfg), "stats": torch.from_numpy(stats),
+                "class_names": CLASSES}, ckpt)
+    reference = root / "reference.npz"
+    score_reference([shard], ckpt, None, T, reference)
+    return root, shard, ckpt, reference, labels
+
+
+def _samples(root, name, mels):
+    path = root / f"{name}.npy"
+    np.save(path, mels.astype(np.float16))
+    return path
+
+
+def test_reference_lists_the_clips_and_their_outputs(setup):
+    _, _, _, reference, labels = setup
+    ref = np.load(reference)
+    assert list(ref["classes"]) == [CLASSES[c] for c in labels]
+    assert ref["2048"].shape == (6, 128) and ref["logits"].shape == (6, 2)
+
+
+def test_scores_of_samples_with_intervals_and_seed_spread(setup):
+    root, shard, ckpt, reference, labels = setup
+    names = root / "videos.txt"
+    names.write_text("\n".join(f"{CLASSES[c]}/{i}" for i, c in enumerate(labels)) + "\n")
+    rng = np.random.default_rng(1)
+    real = np.load(shard / "mels.npy")
+    # 2 sampling seeds x 3 samples: close copies of each video's real clip, and pure noise
+    close = np.stack([[np.clip(real[v] + rng.normal(0, 0.02, real[v].shape), 0, 1) for _ in range(6)]
+                      for v in range(6)])
+    noise = rng.uniform(0, 1, close.shape)
+    scores = {}
+    for name, mels in (("close", close), ("noise", noise)):
+        out = root / f"{name}.json"
+        result = score_samples(_samples(root, name, mels), names, reference, ckpt, None, seeds=2, n_boot=50, seed=0,
+                               out=out)
+        assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+        assert (result["n_videos"], result["samples_per_video"], result["n_seeds"]) == (6, 3, 2)
+        for metric in ("fid", "mkl"):
+            m = result[metric]
+            assert len(m["per_seed"]) == 2 and m["value"] == pytest.approx(np.mean(m["per_seed"]))
+            assert m["low"] <= m["value"] <= m["high"] and m["seed_sd"] >= 0
+        assert {"isc", "kid"} <= set(result)
+        scores[name] = result
+    assert scores["close"]["mkl"]["value"] < scores["noise"]["mkl"]["value"]
+    assert scores["close"]["fid"]["value"] < scores["noise"]["fid"]["value"]
+
+
+def test_scoring_refuses_samples_of_other_videos(setup):
+    root, _, ckpt, reference, _ = setup
+    names = root / "other.txt"
+    names.write_text("\n".join(f"x/{i}" for i in range(6)) + "\n")
+    mels = _samples(root, "any", np.zeros((6, 2, 80, T)))
+    with pytest.raises(ValueError, match="different validation videos"):
+        score_samples(mels, names, reference, ckpt, None, seeds=1, n_boot=10, seed=0, out=root / "x.json")
+
+
+def test_vocode_samples_writes_the_first_videos_with_an_index(tmp_path):
+    spec = MelSpec(keep_frames=32, crop_frames=32)
+    mels = np.random.default_rng(0).uniform(0.2, 0.6, (3, 2, 80, 32)).astype(np.float16)
+    np.save(tmp_path / "mels.npy", mels)
+    (tmp_path / "videos.txt").write_text("a/0\nb/1\nc/2\n")
+    out = tmp_path / "audio"
+    assert vocode_samples(tmp_path / "mels.npy", tmp_path / "videos.txt", out, "griffin_lim", spec,
+                          listen_videos=2) == 4
+    index = pd.read_csv(out / "index.tsv", sep="\t")
+    assert list(index["clip"]) == ["a/0", "a/0", "b/1", "b/1"] and list(index["sample"]) == [0, 1, 0, 1]
+    info = soundfile.info(str(out / index["file"].iloc[3]))
+    assert (info.samplerate, info.channels, info.frames) == (22050, 1, 256 * 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audio", "mels.npy", "videos.txt"]  # no temp folder left
