@@ -12,8 +12,10 @@ BROWSER ?= auto
 
 .PHONY: install demo test lint clean-demo slurm browser plan
 
+# uv itself from PyPI with the standard library only: `pip install --user` is refused by an externally managed
+# Python (Debian/Ubuntu, PEP 668) and some systems have no pip at all.
 $(UV):
-	python3 -m pip install --user --quiet "uv==$(UV_VERSION)"
+	python3 tools/get_uv.py $(UV_VERSION) $@
 
 # uv reads no pip config: torch/torchvision come from the package registry as pinned in uv.lock.
 # Bytecode is compiled at install: jobs import torch and Lightning many times over.
