@@ -5,6 +5,7 @@
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/authors.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/codebook.smk"
 include: "workflow/rules/transformer.smk"

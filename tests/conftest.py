@@ -23,3 +23,19 @@ LONG_FIRST = ("test_workflow.py", "test_slurm.py")
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
+
+
+class Crash(Exception):
+    """What a killed job looks like to a test: training stops mid-epoch, nothing after it runs."""
+
+
+def crash_after(step: int):
+    """A Lightning callback that 'kills' training once `step` optimizer steps are done."""
+    import lightning.pytorch as pl
+
+    class CrashAt(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= step:
+                raise Crash(f"killed at step {trainer.global_step}")
+
+    return CrashAt()

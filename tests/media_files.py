@@ -6,7 +6,13 @@ from i2a.data.synthetic import TOY_CLASSES, render_clip
 
 
 def toy_clip(seconds, fps=25.0, rate=44100, seed=0):
-    return render_clip(TOY_CLASSES[1], np.random.default_rng(seed), seconds, fps, rate, (64, 80))
+    """The demo's frames with a tonal sound (harmonics under a slow swell): AAC re-encodes tones faithfully, so
+    tests can follow the audio through the chain by correlation."""
+    frames, _ = render_clip(TOY_CLASSES[1], np.random.default_rng(seed), seconds, fps, rate, (64, 80))
+    t = np.arange(int(round(seconds * rate))) / rate
+    swell = 0.6 + 0.4 * np.sin(2 * np.pi * 1.7 * t + seed)
+    audio = 0.3 * swell * (np.sin(2 * np.pi * 330 * t) + 0.5 * np.sin(2 * np.pi * 660 * t + 1.0))
+    return frames, audio.astype(np.float32)
 
 
 def write_streams(path, frames=None, audio=None, fps=25, rate=44100, fmt="mp4", audio_codec="aac", options=None):

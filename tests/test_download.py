@@ -153,3 +153,77 @@ def test_unpack_vas_lays_out_classes_and_leaves_nothing_half_done(tmp_path):
     with pytest.raises(ValueError, match="no videos inside class folders"):
         unpack_vas(tmp_path / "other.zip", tmp_path / "raw2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VAS.zip", "other.zip", "raw"]
+
+
+def _zip_bytes(n_clips: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(n_clips):
+            zf.writestr(f"VAS/dog/videos/video_{i:05d}.mp4", bytes(range(256)) * (40 + i))
+    return buf.getvalue()
+
+
+class TruncatingHandler(http.server.BaseHTTPRequestHandler):
+    """Serves VAS.zip cut short (a proxy that dropped the connection, announced as complete) until told not to."""
+    truncated = True
+    body = _zip_bytes(3)
+
+    def do_GET(self):  # noqa: N802
+        body = self.body[: len(self.body) // 2] if TruncatingHandler.truncated else self.body
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/zip")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_truncated_first_download_is_never_recorded_as_the_truth(tmp_path):
+    """Issue 12.4: with no vas.md5, the first download's MD5 was trusted even when it was truncated, and every later
+    run failed 'MD5 differs from the one recorded' until someone deleted VAS.zip.md5."""
+    from i2a.data.clips import unpack_vas
+    from i2a.download import fetch_archive
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), TruncatingHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/VAS.zip"
+    dest = tmp_path / "VAS.zip"
+    try:
+        TruncatingHandler.truncated = True
+        with pytest.raises(DownloadError, match="incomplete or damaged.*moved aside.*run the rule again"):
+            fetch_archive(url, dest)
+        assert not dest.exists() and not (tmp_path / "VAS.zip.md5").exists()
+        assert (tmp_path / "VAS.zip.part.bad").exists()
+        TruncatingHandler.truncated = False  # the rule's next attempt
+        md5 = fetch_archive(url, dest)
+    finally:
+        httpd.shutdown()
+    assert md5 == hashlib.md5(TruncatingHandler.body).hexdigest()
+    assert (tmp_path / "VAS.zip.md5").read_text().split()[0] == md5
+    assert unpack_vas(dest, tmp_path / "raw") == {"dog": 3}
+
+
+def test_a_damaged_archive_is_set_aside_with_its_md5_so_the_next_run_downloads_afresh(tmp_path):
+    from i2a.data.clips import unpack_vas
+
+    dest = tmp_path / "VAS.zip"
+    dest.write_bytes(_zip_bytes(2)[:-30])  # a zip whose directory was cut off after its MD5 was recorded
+    record_or_check_md5(dest, None)
+    with pytest.raises(DownloadError, match="damaged.*moved aside.*run the workflow again"):
+        unpack_vas(dest, tmp_path / "raw")
+    assert not dest.exists() and not (tmp_path / "VAS.zip.md5").exists() and (tmp_path / "VAS.zip.bad").exists()
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_changed_file_says_exactly_what_to_delete(tmp_path):
+    path = tmp_path / "VAS.zip"
+    path.write_bytes(b"first")
+    record_or_check_md5(path, None)
+    path.write_bytes(b"changed")
+    with pytest.raises(DownloadError, match=r"delete both .*VAS\.zip and .*VAS\.zip\.md5"):
+        record_or_check_md5(path, None)
+    with pytest.raises(DownloadError, match="configured .*moved aside"):
+        record_or_check_md5(path, "0" * 32)
+    assert not path.exists() and (tmp_path / "VAS.zip.bad").exists()

@@ -100,13 +100,16 @@ def test_extract_features_of_small_videos(tmp_path, resnet18):
     assert np.array_equal(third, got)
 
 
-def test_a_broken_clip_stops_with_its_path(tmp_path, resnet18):
+def test_a_broken_clip_gets_a_nan_row_and_its_reason(tmp_path, resnet18):
+    """One bad clip never fails its shard (issue 12; the shard's index and training: tests/test_faults.py)."""
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     good = write_video(tmp_path / "good.mp4", n_frames=4)
-    with pytest.raises(RuntimeError, match="broken.mp4"):
-        extract_features(resnet18, [good, bad], tmp_path / "out.npy", total=8, crop=6, num_workers=1)
-    assert not (tmp_path / "out.npy").exists()
+    failures = {}
+    out = extract_features(resnet18, [good, bad], tmp_path / "out.npy", total=8, crop=6, num_workers=1,
+                           failures=failures)
+    assert out.shape == (2, 6, resnet18.feat_dim) and np.isfinite(out[0]).all() and np.isnan(out[1]).all()
+    assert list(failures) == [1] and failures[1]
 
 
 def test_golden_resnet50_features_match_the_authors(tmp_path):

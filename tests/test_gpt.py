@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from conftest import shared_path
-from i2a.models.gpt import GPT, load_transformer, random_features, sample_frame_indices, sample_tokens
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from i2a.models.gpt import (GPT, TokenSampler, load_transformer, random_features, sample_frame_indices,
+                            sample_tokens)
 from i2a.runspec import GPTConfig
 
 TINY = GPTConfig(vocab_size=32, block_size=24, layers=2, heads=2, embed=16, feat_dim=6)
@@ -100,21 +104,82 @@ def test_cached_sampler_equals_full_recompute():
     cached = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=True)
     assert plain.shape == (3, 20) and plain.dtype == torch.long
     assert torch.equal(plain, cached)
+    # the fixed-shape step (what CUDA captures as a graph) gives them too
+    fixed = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=True, fixed_shapes=True)
+    assert torch.equal(plain, fixed)
     assert 0 <= int(cached.min()) and int(cached.max()) < TINY.vocab_size
     # the conditioning matters and different seeds differ
     other = sample_tokens(model, feats, 20, top_k=8, seeds=[21, 22, 23])
     assert not torch.equal(other, cached)
 
 
-def test_rows_do_not_depend_on_their_batch():
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_rows_do_not_depend_on_their_batch(fixed_shapes):
     model = _tiny_model(1)
     feats = torch.randn(4, 6, 4)
-    together = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3, 4])
-    alone = torch.cat([sample_tokens(model, feats[i:i + 1], 20, top_k=8, seeds=[s])
+    together = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3, 4], fixed_shapes=fixed_shapes)
+    alone = torch.cat([sample_tokens(model, feats[i:i + 1], 20, top_k=8, seeds=[s], fixed_shapes=fixed_shapes)
                        for i, s in enumerate([1, 2, 3, 4])])
     assert torch.equal(together, alone)
-    swapped = sample_tokens(model, feats[[2, 0]], 20, top_k=8, seeds=[3, 1])
+    swapped = sample_tokens(model, feats[[2, 0]], 20, top_k=8, seeds=[3, 1], fixed_shapes=fixed_shapes)
     assert torch.equal(swapped, together[[2, 0]])
+
+
+def test_large_batch_rows_match_small_batches():
+    """300 rows (past the CPU's few-rows matmul layout) give each row the tokens it gets in a batch of 3."""
+    model = _tiny_model(4)
+    feats = torch.randn(300, 6, 4)
+    seeds = list(range(100, 400))
+    big = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, fixed_shapes=True)
+    for rows in ([0, 1, 2], [150, 151, 299]):
+        assert torch.equal(big[rows], sample_tokens(model, feats[rows], 20, top_k=8, seeds=[seeds[r] for r in rows]))
+
+
+class _RecordOps(TorchDispatchMode):
+    """Every aten op with its tensors' shapes, strides and dtypes and its other arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat, _ = tree_flatten((args, kwargs))
+        self.ops.append((str(func), [(tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
+                                     for a in flat]))
+        return func(*args, **kwargs)
+
+
+def _step_ops(sampler):
+    with torch.no_grad(), _RecordOps() as rec:
+        sampler.step()
+    return rec.ops
+
+
+def test_fixed_shape_step_runs_the_same_ops_on_the_same_shapes():
+    """What a CUDA graph needs: step t and step t + k run identical ops with identical shapes and arguments."""
+    model = _tiny_model(5)
+    feats, u = torch.randn(3, 6, 4), torch.rand(3, 12)
+    sampler = TokenSampler(model, 4, u, top_k=8, fixed_shapes=True)
+    with torch.no_grad():
+        sampler.prefill(feats)
+    first = _step_ops(sampler)
+    assert any("index_copy" in op for op, _ in first) and any("topk" in op for op, _ in first)
+    for _ in range(5):
+        sampler.step()
+    assert _step_ops(sampler) == first
+    # the recorder does see a shape that changes: the CPU's growing prefix
+    prefix = TokenSampler(model, 4, u, top_k=8, fixed_shapes=False)
+    with torch.no_grad():
+        prefix.prefill(feats)
+    assert _step_ops(prefix) != _step_ops(prefix)
+
+
+def test_bf16_sampling_runs():
+    model = _tiny_model(6)
+    feats = torch.randn(2, 6, 4)
+    tokens = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2], dtype=torch.bfloat16, fixed_shapes=True)
+    assert tokens.shape == (2, 20) and 0 <= int(tokens.min()) and int(tokens.max()) < TINY.vocab_size
 
 
 def test_first_token_comes_from_last_condition_position():

@@ -1,11 +1,14 @@
-"""FID / MKL / ISc / KID against independent computations and hand-worked cases; bootstrap and seed spread."""
+"""FID / MKL / ISc / KID against independent computations and hand-worked cases; bootstrap (plain and paired over
+the same videos) and seed spread."""
+import logging
 import math
 
 import numpy as np
 import pytest
 
-from i2a.evaluation.metrics import (bootstrap_ci, fid_per_video, frechet_distance, inception_score, kid, melception_fid,
-                         mean_over_seeds, melception_mkl, polynomial_mmd, seed_spread)
+from i2a.evaluation.metrics import (VideoFID, VideoMKL, bootstrap_ci, fid_per_video, frechet_distance, gaussian_stats,
+                                    inception_score, kid, mean_over_seeds, melception_fid, melception_mkl,
+                                    paired_bootstrap, polynomial_mmd, seed_spread)
 
 
 def _fid_by_eigh(x: np.ndarray, y: np.ndarray) -> float:
@@ -180,3 +183,146 @@ def test_mean_over_seeds_scores_each_seed_with_its_own_samples():
     assert mean_over_seeds("mkl")(np.log(fake), np.log(real)) == pytest.approx(np.mean(per_seed))
     point, low, high = bootstrap_ci(np.log(fake), np.log(real), mean_over_seeds("mkl"), n_boot=50, seed=0)
     assert point == pytest.approx(np.mean(per_seed)) and low <= point <= high
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# exact FID without sqrtm, FID / MKL on video weights, paired bootstrap
+
+
+def _scipy_fid(fake, real):
+    """The reference: covariances and scipy's sqrtm (frechet_distance)."""
+    return frechet_distance(*gaussian_stats(fake), *gaussian_stats(real))
+
+
+@pytest.mark.parametrize("n_fake, n_real, dim", [(500, 200, 32),    # well-conditioned: more vectors than dims
+                                                 (300, 100, 128),   # fewer real vectors than dims
+                                                 (400, 40, 64)])    # rank-deficient as in the brief
+def test_fid_eigenvalue_path_matches_scipy_sqrtm(n_fake, n_real, dim, caplog):
+    rng = np.random.default_rng(dim)
+    real = rng.normal(size=(n_real, dim)) * 2 + 1
+    fake = rng.normal(size=(n_fake, dim)) @ rng.normal(size=(dim, dim)) * 0.3 + 1.2
+    with caplog.at_level(logging.WARNING, logger="i2a.evaluation.metrics"):
+        expected = _scipy_fid(fake, real)
+    # scipy's sqrtm needed no eps offset even where S1 S2 is singular: the plain scipy FID is the reference
+    assert "singular" not in caplog.text
+    assert expected > 10
+    assert melception_fid(fake, real) == pytest.approx(expected, rel=1e-6)
+    assert melception_fid(real, fake) == pytest.approx(expected, rel=1e-6)  # tr sqrt(S1 S2) = tr sqrt(S2 S1)
+
+
+def _per_video(rng, videos, samples, dim):
+    real = rng.normal(size=(videos, dim)) + 3.0  # a large common mean, as features after a ReLU
+    return 0.8 * real[:, None] + rng.normal(size=(videos, samples, dim)) + 3.5, real
+
+
+@pytest.mark.parametrize("dim", [8, 40])  # fewer dimensions than drawn videos, and more
+def test_video_fid_weights_equal_duplicated_rows(dim):
+    rng = np.random.default_rng(dim)
+    V, K = 30, 4
+    fake, real = _per_video(rng, V, K, dim)
+    scorer = VideoFID(fake, real)
+    assert scorer.fid() == pytest.approx(fid_per_video(fake, real), rel=1e-9)
+    assert scorer.fid(np.ones(V)) == scorer.fid()
+    for _ in range(3):
+        idx = rng.integers(0, V, V)
+        w = np.bincount(idx, minlength=V)
+        assert (w == 0).any() and (w > 1).any()
+        duplicated = fake[idx].reshape(-1, dim), real[idx]
+        assert scorer.fid(w) == pytest.approx(melception_fid(*duplicated), rel=1e-9)
+        assert scorer.fid(w) == pytest.approx(_scipy_fid(*duplicated), rel=1e-6)
+    w = np.zeros(V, dtype=int)
+    w[[3, 7, 11]] = [2, 1, 3]  # a few videos, repeated
+    rows = np.repeat(np.arange(V), w)
+    assert scorer.fid(w) == pytest.approx(melception_fid(fake[rows].reshape(-1, dim), real[rows]), rel=1e-9)
+    with pytest.raises(ValueError):
+        scorer.fid(np.eye(V)[0])  # one real clip: no covariance
+    with pytest.raises(ValueError):
+        scorer.fid(np.ones(V - 1))
+
+
+def test_video_mkl_weights_equal_duplicated_rows():
+    rng = np.random.default_rng(7)
+    fake, real = rng.normal(size=(20, 3, 6)), rng.normal(size=(20, 6))
+    scorer = VideoMKL(fake, real)
+    assert scorer.mkl() == pytest.approx(melception_mkl(fake, real), rel=1e-12)
+    idx = rng.integers(0, 20, 20)
+    assert scorer.mkl(np.bincount(idx, minlength=20)) == pytest.approx(melception_mkl(fake[idx], real[idx]), rel=1e-12)
+
+
+def test_bootstrap_on_weights_matches_resampled_copies():
+    # 'fid' / 'mkl' / mean_over_seeds of them score replicates as video counts; a plain callable is called on
+    # indexed copies: the same draws must give the same interval
+    rng = np.random.default_rng(6)
+    V, R, K, D = 40, 2, 3, 24
+    real = rng.normal(size=(V, D)) * 2 + 1
+    fake = real[:, None, None] + rng.normal(size=(V, R, K, D))
+    pairs = [(fake[:, 0], "fid", fid_per_video), (fake[:, 0], "mkl", melception_mkl),
+             (fake, mean_over_seeds("fid"), mean_over_seeds(fid_per_video)),
+             (fake, mean_over_seeds("mkl"), mean_over_seeds(melception_mkl))]
+    for f, fast, plain in pairs:
+        for method in ("centered", "percentile"):
+            expected = bootstrap_ci(f, real, lambda a, b: plain(a, b), n_boot=25, seed=2, method=method)
+            assert bootstrap_ci(f, real, fast, n_boot=25, seed=2, method=method) == pytest.approx(expected, rel=1e-9)
+    per_seed = [fid_per_video(fake[:, r], real) for r in range(R)]
+    assert bootstrap_ci(fake, real, mean_over_seeds("fid"), n_boot=5)[0] == pytest.approx(np.mean(per_seed), rel=1e-9)
+
+
+def _two_runs(rng, V=60, R=2, K=3, D=16, shared=1.5):
+    """Real (V, D) and two runs (V, R, K, D) sharing a per-video error of scale `shared` (the video's difficulty),
+    each with its own sample noise; run b also carries a fixed offset that makes it clearly worse."""
+    real = rng.normal(size=(V, D)) * 2
+    hard = rng.normal(size=(V, 1, 1, D)) * shared
+    a = real[:, None, None] + hard + rng.normal(size=(V, R, K, D)) * 0.5
+    offset = rng.normal(size=D)  # not a constant, which softmax would ignore in logits
+    b = real[:, None, None] + hard + rng.normal(size=(V, R, K, D)) * 0.5 + offset
+    return a, b, real
+
+
+@pytest.mark.parametrize("metric", ["fid", "mkl"])
+def test_paired_bootstrap_of_a_run_with_itself_is_exactly_zero(metric):
+    a, _, real = _two_runs(np.random.default_rng(8))
+    assert paired_bootstrap(a, a.copy(), real, metric, n_boot=50, seed=0) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap(a[:, 0], a[:, 0].copy(), real, metric, n_boot=50, seed=0) == (0.0, 0.0, 0.0)
+
+
+METRIC_ON_ONE_SEED = {"fid": fid_per_video, "mkl": melception_mkl}
+
+
+@pytest.mark.parametrize("metric", ["fid", "mkl"])
+def test_paired_bootstrap_finds_the_better_run(metric):
+    a, b, real = _two_runs(np.random.default_rng(9))
+    diff, low, high = paired_bootstrap(a, b, real, metric, n_boot=200, seed=0)
+    score = mean_over_seeds(metric)
+    assert diff == pytest.approx(score(a, real) - score(b, real), rel=1e-9)
+    assert low <= diff <= high < 0  # a is better: its whole interval lies below 0
+    assert paired_bootstrap(b, a, real, metric, n_boot=200, seed=0) == pytest.approx((-diff, -high, -low), rel=1e-9)
+    # one seed of K samples, (V, K, D): as bootstrap_ci's 'fid' / 'mkl' take it
+    diff1, _, high1 = paired_bootstrap(a[:, 0], b[:, 0], real, metric, n_boot=200, seed=0)
+    assert diff1 == pytest.approx(METRIC_ON_ONE_SEED[metric](a[:, 0], real) - METRIC_ON_ONE_SEED[metric](b[:, 0], real))
+    assert high1 < 0
+    with pytest.raises(ValueError):
+        paired_bootstrap(a[:10], b, real, metric)
+    with pytest.raises(ValueError):
+        paired_bootstrap(a, b, real, "isc")
+
+
+def test_paired_interval_is_narrower_than_the_unpaired_one():
+    # the runs share per-video structure: drawing the same videos for both cancels it in the difference;
+    # drawing them independently (what comparing two separate intervals amounts to) does not
+    rng = np.random.default_rng(10)
+    a, b, real = _two_runs(rng, V=80, shared=3.0)
+    n_boot = 200
+    diff, low, high = paired_bootstrap(a, b, real, "fid", n_boot=n_boot, seed=0)
+    scorers = [[VideoFID(run[:, r], real) for r in range(run.shape[1])] for run in (a, b)]
+
+    def fid(run, w):
+        return np.mean([s.fid(w) for s in scorers[run]])
+
+    draws = np.random.default_rng(1)
+    unpaired = []
+    for _ in range(n_boot):
+        wa, wb = (np.bincount(draws.integers(0, 80, 80), minlength=80) for _ in range(2))
+        unpaired.append(fid(0, wa) - fid(1, wb))
+    u_low, u_high = np.quantile(unpaired, [0.025, 0.975])
+    assert diff == pytest.approx(fid(0, np.ones(80)) - fid(1, np.ones(80)), rel=1e-9)
+    assert high - low < 0.75 * (u_high - u_low)  # ~0.35-0.5 over other data seeds

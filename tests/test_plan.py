@@ -64,9 +64,15 @@ def test_study_plan_is_fast_and_counts_every_job(study_plan):
     runs = STUDY["runs"]
     shards = STUDY["shards"]["train"] + STUDY["shards"]["valid"]
     assert counts["train_gpt"] == sum(r.get("source", "train") == "train" for r in runs) == 17
-    assert counts["sample_tokens"] == counts["score_run"] == len(runs)
-    assert counts["extract_features"] == len({r["features"] for r in runs}) * shards
+    # every run's samples, and the codebook's reconstructions (the ceiling row) are scored
+    assert counts["sample_tokens"] == counts["score_samples"] - 1 == len(runs)
+    assert counts["extract_features"] == len({r["features"] for r in runs} - {"none"}) * shards
     assert counts["preprocess_clips"] == shards
+    # the reproduction rows: SpecVQGAN's four released VAS transformers are fetched (MD5-checked) and sampled
+    released = {r["name"]: r["released"] for r in runs if r.get("source") == "released"}
+    assert sorted(released.values()) == ["no_feats", "resnet50_1feat", "resnet50_212feat", "resnet50_5feat"]
+    assert set(released.values()) <= {r.wildcards["name"] for r in jobs if r.rule == "fetch_checkpoint"}
+    assert set(released) <= {r.wildcards["run"] for r in jobs if r.rule == "sample_tokens"}
 
 
 def test_study_plan_takes_the_rules_requests_and_the_profiles_partitions(study_plan):

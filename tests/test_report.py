@@ -66,7 +66,8 @@ def test_loss_figure_marks_the_best_validation_epoch_and_is_byte_identical_twice
     assert first.read_bytes() == second.read_bytes()
     texts = svg_texts(first)
     assert {"r18", "epoch", "validation loss", "train loss"} <= texts
-    assert f"best: epoch {best}, {frame['val_loss'][best]:.3f}" in texts
+    # epochs counted from 1, as the table counts them (metrics.csv counts from 0)
+    assert f"best: epoch {best + 1}, {frame['val_loss'][best]:.3f}" in texts
 
 
 def test_overview_figure_draws_every_run(tmp_path):

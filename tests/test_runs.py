@@ -56,15 +56,27 @@ def test_table_rows_carry_hyperparameters_curve_and_scores(tmp_path):
     scores = {"mkl": {"value": 6.1, "low": 5.9, "high": 6.3, "seed_sd": 0.05},
               "fid": {"value": 25.0, "low": 23.0, "high": 27.0, "seed_sd": 0.7},
               "n_videos": 768, "samples_per_video": 10, "n_seeds": 3}
-    (tmp_path / "scores.json").write_text(json.dumps(scores))
-    (tmp_path / "train.json").write_text(json.dumps({"best_epoch": 97, "overfit": True}))
+    (tmp_path / "runs/r/samples").mkdir(parents=True)
+    (tmp_path / "runs/r/samples/scores.json").write_text(json.dumps(scores))
+    # the best epoch is 97 counted from 0 (metrics.csv), 98 counted from 1 (the table); then 2 epochs > 1% above it
+    val = [3.0 - 0.01 * e for e in range(98)] + [2.2, 2.3]
+    (tmp_path / "runs/r/metrics.csv").write_text(
+        "epoch,train_loss,val_loss,lr\n" + "".join(f"{e},1.0,{v},1e-4\n" for e, v in enumerate(val)))
     clips = pd.DataFrame({"clip": ["a/1", "a/2", "a/3"], "split": ["train", "train", "valid"]})
     manifest = pd.DataFrame({"clip": ["a/1", "a/2", "a/3"], "status": ["ok", "skipped", "ok"]})
     counts = clip_counts([manifest], clips)
     assert counts == {"train_clips": 1, "train_skipped": 1, "valid_clips": 1, "valid_skipped": 0}
-    table = build_table([RUN], {"r": tmp_path / "scores.json"}, {"r": tmp_path / "train.json"}, counts)
+    table = build_table([RUN], {"r": "runs/r/samples"}, tmp_path, counts, baseline=None, probes={})
     row = table.iloc[0]
-    assert (row["features"], row["scheduler"], row["epochs"], row["overfit"]) == ("ResNet18", "ReduceLROnPlateau", 97,
+    assert (row["features"], row["scheduler"], row["epochs"], row["overfit"]) == ("ResNet18", "ReduceLROnPlateau", 98,
                                                                                  True)
+    assert (row["inputs"], row["precision"]) == ("derived", "32")
+    assert pd.isna(row["published_KL"]) and pd.isna(row["published_FID"])  # a trained run: nothing published
+    # a looser patience: the same curve does not count as overfitting
+    table = build_table([RUN], {"r": "runs/r/samples"}, tmp_path, counts, baseline=None, probes={},
+                        overfit_patience=3)
+    assert not table.iloc[0]["overfit"]
     assert (row["KL"], row["FID_high"], row["videos"], row["train_skipped"]) == (6.1, 27.0, 768, 1)
     assert (row["seeds"], row["samples_per_video"], row["KL_seed_sd"], row["FID_seed_sd"]) == (3, 10, 0.05, 0.7)
+    # the scores come right after the run's name, so they are not the columns that fall off a screen
+    assert list(table.columns[:4]) == ["run", "kind", "features", "KL"]

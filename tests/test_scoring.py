@@ -11,7 +11,7 @@ import torch
 from i2a.data.clips import write_tsv
 from i2a.data.mel import MelSpec
 from i2a.data.store import save_npy
-from i2a.evaluation.scoring import score_reference, score_samples
+from i2a.evaluation.scoring import class_agreement, compare_with_baseline, score_reference, score_samples
 from i2a.models.melception import CKPT_FORMAT, Melception, MelceptionConfig
 from i2a.samples import vocode_samples
 
@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
     torch.save({"format": CKPT_FORMAT, "model": model.state_dict(), "config": asdict(cfg), "stats": torch.from_numpy(stats),
                 "class_names": CLASSES}, ckpt)
     reference = root / "reference.npz"
-    score_reference([shard], ckpt, None, T, reference)
+    score_reference([shard], ckpt, None, T, reference, root / "evaluator.json")
     return root, shard, ckpt, reference, labels
 
 
@@ -57,10 +57,19 @@ def _samples(root, name, mels):
 
 
 def test_reference_lists_the_clips_and_their_outputs(setup):
-    _, _, _, reference, labels = setup
+    root, _, _, reference, labels = setup
     ref = np.load(reference)
     assert list(ref["classes"]) == [CLASSES[c] for c in labels]
     assert ref["2048"].shape == (6, 128) and ref["logits"].shape == (6, 2)
+    evaluator = json.loads((root / "evaluator.json").read_text())
+    predicted = np.array(CLASSES)[ref["logits"].argmax(1)]
+    assert evaluator["real_acc"] == pytest.approx(np.mean(predicted == np.array(ref["classes"])))
+
+
+def test_class_agreement_counts_samples_recognised_as_their_videos_class():
+    logits = np.array([[[5.0, 0.0], [0.0, 5.0]], [[0.0, 5.0], [0.0, 5.0]]])  # (V=2, N=2, C=2)
+    assert class_agreement(logits, ["a", "b"], ["a", "b"]) == 0.75
+    assert class_agreement(logits, None, ["a", "b"]) is None  # the released evaluator knows other classes
 
 
 def test_scores_of_samples_with_intervals_and_seed_spread(setup):
@@ -77,7 +86,7 @@ def test_scores_of_samples_with_intervals_and_seed_spread(setup):
     for name, mels in (("close", close), ("noise", noise)):
         out = root / f"{name}.json"
         result = score_samples(_samples(root, name, mels), names, reference, ckpt, None, seeds=2, n_boot=50, seed=0,
-                               out=out)
+                               out=out, outputs_out=root / f"{name}.npz")
         assert json.loads(out.read_text()) == json.loads(json.dumps(result))
         assert (result["n_videos"], result["samples_per_video"], result["n_seeds"]) == (6, 3, 2)
         for metric in ("fid", "mkl"):
@@ -88,6 +97,13 @@ def test_scores_of_samples_with_intervals_and_seed_spread(setup):
         scores[name] = result
     assert scores["close"]["mkl"]["value"] < scores["noise"]["mkl"]["value"]
     assert scores["close"]["fid"]["value"] < scores["noise"]["fid"]["value"]
+    assert np.load(root / "close.npz")["2048"].shape == (6, 2, 3, 128)  # (V, R, K, D) for paired comparisons
+    # paired: close copies against noise, on the same videos; the difference is the two scores' difference
+    comparison = compare_with_baseline(root / "close.npz", root / "noise.npz", reference, "noise", n_boot=50, seed=0,
+                                       out=root / "comparison.json")
+    assert comparison["dKL"]["value"] == pytest.approx(scores["close"]["mkl"]["value"] - scores["noise"]["mkl"]["value"])
+    assert comparison["dFID"]["value"] == pytest.approx(scores["close"]["fid"]["value"] - scores["noise"]["fid"]["value"])
+    assert comparison["dKL"]["low"] <= comparison["dKL"]["value"] <= comparison["dKL"]["high"]
 
 
 def test_scoring_refuses_samples_of_other_videos(setup):

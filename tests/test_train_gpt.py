@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import Crash, crash_after
 from i2a.data.store import ShardedArray, save_npy
 from i2a.models.gpt import GPT, load_transformer
 from i2a.runspec import GPTConfig, RunSpec, TrainSettings
-from i2a.training.gpt import GPTDataset, curve_summary, optimizer_groups
+from i2a.training.gpt import GPTDataset, curve_summary, model_inputs, optimizer_groups
 from i2a.training.loop import EpochSampler
 from i2a.training.gpt import train_gpt as _train_gpt
 
@@ -26,6 +27,13 @@ def _data(n: int, seed: int):
     feats = rng.normal(size=(n, CROP, DIM)).astype(np.float32) * 0.3
     feats[np.arange(n), :, cls] += 2.0
     return tokens, feats
+
+
+def item(ds, index):
+    """One clip as the GPT sees it: the stored row converted as on the device (int64 tokens, (D, S) features)."""
+    tokens, feats = ds[index]
+    tokens, feats = model_inputs((tokens[None], feats[None]))
+    return tokens[0], feats[0]
 
 
 def _cfg(dropout=0.1, **kw):
@@ -46,17 +54,17 @@ def test_dataset_reads_sharded_rows_and_picks_frames(tmp_path):
     save_npy(tmp_path / "f0.npy", feats[:6]); save_npy(tmp_path / "f1.npy", feats[6:])
     ds = GPTDataset(ShardedArray([tmp_path / "t0.npy", tmp_path / "t1.npy"]),
                     ShardedArray([tmp_path / "f0.npy", tmp_path / "f1.npy"]), S=2)
-    tok, f = ds[7]
+    tok, f = item(ds, 7)
     assert tok.dtype == torch.int64 and tok.tolist() == tokens[7].tolist()
     # S=2 of 8 frames: linspace(0, 8, 2) + 8 // 3 = [2, 6]; returned as (D, S) for the Conv1d
     assert f.shape == (DIM, 2) and np.array_equal(f.numpy(), feats[7][[2, 6]].T)
-    assert ds[(7, 5)][1].equal(f)  # the epoch only matters for random features
+    assert item(ds, (7, 5))[1].equal(f)  # the epoch only matters for random features
 
 
 def test_random_features_baseline():
     tokens, _ = _data(5, 0)
     ds = GPTDataset(tokens, None, S=1, random_feats_dim=32, seed=1)
-    a0, a0_again, a1, b0 = ds[(2, 0)][1], ds[(2, 0)][1], ds[(2, 1)][1], ds[(3, 0)][1]
+    a0, a0_again, a1, b0 = item(ds, (2, 0))[1], item(ds, (2, 0))[1], item(ds, (2, 1))[1], item(ds, (3, 0))[1]
     assert a0.shape == (32, 1) and a0.dtype == torch.float32
     assert 0 <= a0.min() and a0.max() < 1
     assert a0.equal(a0_again) and not a0.equal(a1) and not a0.equal(b0)  # re-drawn per item and epoch
@@ -89,26 +97,22 @@ def test_decay_groups_and_lr_rule():
 
 
 def test_curve_summary(tmp_path):
+    """Overfit: the validation loss rose more than the margin above its best and stayed there for `patience`
+    epochs; not a dip or a rise within the noise after the best epoch."""
     path = tmp_path / "m.csv"
-    path.write_text("epoch,train_loss,val_loss,lr\n0,3,2.5,1e-3\n1,2,2.0,1e-3\n2,1.5,2.1,1e-3\n")
-    assert curve_summary(path) == {"best_epoch": 1, "best_val_loss": 2.0, "overfit": True, "epochs_run": 3}
-    path.write_text("epoch,train_loss,val_loss,lr\n0,3,2.5,1e-3\n1,2,2.0,1e-3\n")
-    assert curve_summary(path)["overfit"] is False
 
+    def curve(*val):
+        path.write_text("epoch,train_loss,val_loss,lr\n" + "".join(f"{i},3,{v},1e-3\n" for i, v in enumerate(val)))
+        return path
 
-class _Crash(Exception):
-    pass
-
-
-def _crash_after(step: int):
-    import lightning.pytorch as pl
-
-    class CrashAt(pl.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step >= step:
-                raise _Crash(f"killed at step {trainer.global_step}")
-
-    return CrashAt()
+    assert curve_summary(curve(2.5, 2.0, 2.1)) == {"best_epoch": 1, "best_val_loss": 2.0, "overfit": False,
+                                                   "epochs_run": 3}  # one epoch above: not yet (patience 2)
+    assert curve_summary(curve(2.5, 2.0, 2.1), overfit_patience=1)["overfit"] is True
+    assert curve_summary(curve(2.5, 2.0, 2.1, 2.2))["overfit"] is True  # 5% and 10% above for 2 epochs
+    assert curve_summary(curve(2.5, 2.0, 2.01, 2.015, 2.019))["overfit"] is False  # within 1%
+    assert curve_summary(curve(2.5, 2.0, 2.01, 2.015), overfit_margin=0.001)["overfit"] is True
+    assert curve_summary(curve(2.5, 2.0, 2.1, 2.0, 2.1))["overfit"] is False  # not 2 epochs in a row
+    assert curve_summary(curve(2.5, 2.0))["overfit"] is False
 
 
 def _read_csv(path):
@@ -132,8 +136,8 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, caplog):
     assert any("batch 2/6" in r.getMessage() for r in caplog.records)  # plain progress lines for log files
 
     # killed mid-way through the second epoch (6 steps per epoch), then started again
-    with pytest.raises(_Crash):
-        train_gpt(train, valid, cfg, tmp_path / "resumed", accelerator="cpu", callbacks=[_crash_after(8)])
+    with pytest.raises(Crash):
+        train_gpt(train, valid, cfg, tmp_path / "resumed", accelerator="cpu", callbacks=[crash_after(8)])
     assert len(_read_csv(tmp_path / "resumed" / "metrics.csv")) == 1
     resumed = train_gpt(train, valid, cfg, tmp_path / "resumed", accelerator="cpu")
     assert _read_csv(tmp_path / "resumed" / "metrics.csv") == rows
@@ -148,7 +152,7 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, caplog):
     assert train_gpt(train, valid, cfg, tmp_path / "full", accelerator="cpu")["best_epoch"] == full["best_epoch"]
     model = load_transformer(tmp_path / "full" / "best.ckpt")
     assert (model.config.layers, model.config.block_size, model.config.feat_dim) == (1, N_TOK + S, DIM)
-    tok, f = valid[0]
+    tok, f = item(valid, 0)
     with torch.no_grad():
         logits = model(tok[None, :-1], f[None])[:, S - 1:]
     ce = torch.nn.functional.cross_entropy(logits[0], tok)
@@ -198,8 +202,38 @@ def test_two_gpus_means_ddp_with_the_lr_rule_and_a_complete_validation(tmp_path)
     with torch.no_grad():
         losses = []
         for i in range(len(valid)):
-            tok, f = valid[i]
+            tok, f = item(valid, i)
             logits = model(tok[None, :-1], f[None])[:, S - 1:]
             losses.append(torch.nn.functional.cross_entropy(logits[0], tok, reduction="sum").item() / len(tok))
     assert last["epoch"] == int(rows[-1]["epoch"])  # last.ckpt is the model after the last validation
     assert float(rows[-1]["val_loss"]) == pytest.approx(np.mean(losses), rel=1e-4)
+
+
+def test_lr_finder_suggests_a_rate_that_base_lr_auto_trains_with(tmp_path):
+    """Lightning's range test on a tiny run: LRs growing exponentially from min_lr, a suggestion inside the range;
+    `base_lr: auto` trains with it (per sample: / batch x accumulate), a numeric base_lr ignores it."""
+    import json
+
+    from i2a.training.gpt import find_learning_rate, resolve_base_lr
+
+    train = GPTDataset(*_data(24, 1), S=S)
+    valid = GPTDataset(*_data(8, 2), S=S)
+    auto = _cfg(base_lr="auto", max_epochs=1)
+    result = find_learning_rate(auto, train, valid, min_lr=1e-5, max_lr=1.0, steps=20, accelerator="cpu")
+    lrs = result["lr"]
+    assert len(lrs) == len(result["loss"]) == result["steps_run"] <= 20
+    assert lrs[0] == pytest.approx(1e-5) and all(b > a for a, b in zip(lrs, lrs[1:]))
+    assert lrs[3] / lrs[2] == pytest.approx(lrs[2] / lrs[1]) and lrs[-1] <= 1.0  # exponential steps
+    assert 1e-5 < result["suggested_lr"] < 1.0
+    assert result["suggested_base_lr"] == pytest.approx(result["suggested_lr"] / 4)  # batch 4, no accumulation
+    path = tmp_path / "lr_find.json"
+    path.write_text(json.dumps(result))
+    spec = resolve_base_lr(auto, path)
+    assert spec.train.learning_rate == pytest.approx(result["suggested_lr"])
+    assert resolve_base_lr(_cfg(), path) == _cfg()  # a configured base_lr is kept
+    with pytest.raises(ValueError, match="no LR finder result"):
+        resolve_base_lr(auto, None)
+    out = train_gpt(train, valid, spec, tmp_path / "run", accelerator="cpu")
+    assert out["lr"] == pytest.approx(result["suggested_lr"])
+    assert torch.load(tmp_path / "run" / "best.ckpt", weights_only=True)["run_spec"]["train"]["base_lr"] == \
+        pytest.approx(result["suggested_base_lr"])  # the checkpoint records the LR it was trained with

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -37,13 +38,19 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def planned_jobs(output: str) -> list[tuple[str, str]]:
-    """(rule, run wildcard or '') for every job a dry run lists."""
+    """(rule, run or '') for every job a dry run lists; the run is its `run` wildcard, with `/<kind>` for the
+    sample sets of a run (samples, shuffled) that `kind` or `sampleset` name."""
     jobs = []
     for block in re.split(r"\n(?=(?:local)?rule \S+:)", output):
         head = re.match(r"(?:local)?rule (\S+):", block.strip())
         if head:
-            run = re.search(r"wildcards: .*?run=([^,\s]+)", block)
-            jobs.append((head.group(1), run.group(1) if run else ""))
+            wildcards = dict(re.findall(r"(\w+)=([^,\s]+)", (re.search(r"wildcards: (.*)", block) or ["", ""])[1]))
+            run = wildcards.get("run", "")
+            if "kind" in wildcards:
+                run += "/" + wildcards["kind"]
+            if wildcards.get("sampleset", "").startswith("runs/"):
+                run = wildcards["sampleset"].removeprefix("runs/")
+            jobs.append((head.group(1), run))
     return jobs
 
 
@@ -76,18 +83,20 @@ def test_full_study_plans_every_run_quickly():
     counts = job_counts(result.stdout)
     study = yaml.safe_load((REPO / "config/config.yaml").read_text())
     runs = study["runs"]
-    assert len(runs) == 18
+    assert len(runs) == 21  # the 18 of the study's Table 1 and SpecVQGAN's three other released VAS transformers
     trained = [r for r in runs if r.get("source", "train") == "train"]
     assert counts["train_gpt"] == len(trained) == 17
-    assert counts["sample_tokens"] == counts["score_run"] == counts["vocode"] == 18
-    backbones = {r["features"] for r in runs}
+    assert counts["sample_tokens"] == counts["vocode"] == 21
+    assert counts["score_samples"] == 21 + 1  # and the codebook's reconstructions, the ceiling row
+    assert counts["compare_with_baseline"] == 21  # every row but the baseline (the released no-feats model)
+    backbones = {r["features"] for r in runs} - {"none"}
     shards = study["shards"]["train"] + study["shards"]["valid"]
     assert counts["extract_features"] == len(backbones) * shards
     assert counts["preprocess_clips"] == shards
     assert counts["aggregate_table"] == 1
     # reproduction mode: the released codebook, transformer, MelGAN, Melception and its statistics are fetched
     # (MD5-checked, on the login node) instead of trained
-    assert counts["fetch_checkpoint"] == 5 and "train_codebook" not in counts and "train_melception" not in counts
+    assert counts["fetch_checkpoint"] == 8 and "train_codebook" not in counts and "train_melception" not in counts
     assert elapsed < 60, f"planning took {elapsed:.1f} s"
 
 
@@ -133,11 +142,13 @@ def test_demo_writes_the_table(demo):
     workdir, elapsed = demo
     table = pd.read_csv(workdir / "results/demo/table.csv")
     demo_cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
-    assert list(table["run"]) == [r["name"] for r in demo_cfg["runs"]]
+    assert list(table[table["kind"] == "run"]["run"]) == [r["name"] for r in demo_cfg["runs"]]
     for column in ["features", "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "weight_decay",
                    "epochs", "overfit", "KL", "FID", "train_clips", "valid_clips"]:
         assert column in table.columns
-    assert set(table["features"]) == {"ResNet18", "CLIP-ViT-B-32", "none"}
+    runs = table[table["kind"] == "run"]
+    assert set(runs["features"]) == {"ResNet18", "CLIP-ViT-B-32", "none"}
+    assert table["kind"].str.split(":").str[0].value_counts().to_dict() == {"run": 3, "control": 2, "ceiling": 1}
     synthetic = demo_cfg["synthetic"]
     assert table["valid_clips"].iloc[0] == synthetic["classes"] * synthetic["valid_per_class"]
     assert table["train_clips"].iloc[0] == synthetic["classes"] * (synthetic["clips_per_class"]
@@ -148,18 +159,51 @@ def test_demo_writes_the_table(demo):
     print(f"demo wall time {elapsed:.0f} s\n{table.to_string(index=False)}")
 
 
-def test_conditioned_runs_use_the_features(demo):
-    """Both conditioned GPTs reach a lower validation loss than the "no feats" baseline: the frame features carry
-    the class. (MKL on the demo is not a reliable judge of that: its small Melception classifies codebook
-    reconstructions of real clips only about half right, so the table's KL is mostly its own noise.)"""
+def test_the_demo_shows_the_science(demo):
+    """The demo as a miniature of the study: the evaluator can judge what the codebook reproduces, the features
+    carry the class, both conditioned runs beat "no feats" with the whole paired interval below 0, neither
+    control with another video's features beats its own run, and the codebook's reconstructions (the ceiling)
+    score better than every run."""
     import json
 
     workdir, _ = demo
-    runs = {r["features"]: r["name"] for r in yaml.safe_load((workdir / "config/demo.yaml").read_text())["runs"]}
-    val = {f: json.loads((workdir / f"results/demo/runs/{name}/train.json").read_text())["best_val_loss"]
-           for f, name in runs.items()}
-    for features in ("resnet18", "clip_vit_b32"):
-        assert val[features] < val["none"], val
+    results = workdir / "results/demo"
+    table = pd.read_csv(results / "table.csv").set_index("run")
+    print(table[["KL", "dKL", "dKL_low", "dKL_high", "FID", "dFID", "class_acc", "probe_acc"]].to_string())
+    runs = table[table["kind"] == "run"]
+    for run in ("resnet18-s5", "clip-s5"):
+        assert table.loc[run, "baseline"] == "no-feats"
+        assert table.loc[run, "dKL_high"] < 0, table.loc[run]  # beats the baseline, the whole interval below 0
+        assert table.loc[f"{run}+shuffled", "KL"] > table.loc[run, "KL"]  # the wrong picture does not help
+        assert table.loc[run, "probe_acc"] >= 0.9  # the class is in the features
+    assert table.loc["reconstruction", "KL"] < runs["KL"].min()
+    assert table.loc["reconstruction", "class_acc"] >= 0.9  # the evaluator recognises what the codebook keeps
+    assert json.loads((results / "eval/evaluator.json").read_text())["real_acc"] >= 0.9
+    # the kept codebook uses nearly all its codes, and once it has used most of them it never collapses (a
+    # PatchGAN phase used to drop it to 3 of 32 codes within an epoch)
+    used = pd.read_csv(results / "codebook/metrics.csv")["val_codes_used"].to_numpy()
+    summary = json.loads((results / "codebook/summary.json").read_text())
+    assert summary["codes_used"] >= 0.85 * summary["codes"]
+    warm = int(np.argmax(used >= 0.75 * summary["codes"]))
+    assert used[warm] >= 0.75 * summary["codes"] and used[warm:].min() >= 0.6 * summary["codes"], list(used)
+    # the report's front page answers the question
+    landing = (results / "report/landing.rst").read_text()
+    assert "better than the baseline" in landing and "Ceiling" in landing and "Control" in landing
+
+
+def test_the_same_machine_gives_the_same_table_twice(demo, tmp_path):
+    """Everything after the features, redone for one run (training, sampling, the control, scoring, the
+    comparisons), gives the same table, to the last digit."""
+    workdir, _ = demo
+    table = workdir / "results/demo/table.csv"
+    before = table.read_bytes()
+    run = yaml.safe_load((workdir / "config/demo.yaml").read_text())["runs"][1]["name"]
+    shutil.rmtree(workdir / f"results/demo/runs/{run}/state")  # no resumable state: it trains from scratch
+    result = snakemake("all", "--cores", "2", "--configfile", "config/demo.yaml", "--forcerun",
+                       f"results/demo/runs/{run}/best.ckpt", cwd=workdir, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rule train_gpt" in result.stdout + result.stderr  # it really ran again
+    assert table.read_bytes() == before
 
 
 def test_every_rule_left_a_benchmark_and_a_log(demo):
@@ -168,9 +212,11 @@ def test_every_rule_left_a_benchmark_and_a_log(demo):
     benchmarks = {p.relative_to(logs / "benchmarks").with_suffix("") for p in (logs / "benchmarks").rglob("*.tsv")}
     logged = {p.relative_to(logs).with_suffix("") for p in logs.rglob("*.log")}
     assert benchmarks == logged
-    assert {"make_synthetic_videos", "list_clips", "preprocess_clips", "extract_features", "train_codebook",
-            "encode_tokens", "train_gpt", "sample_tokens", "vocode", "train_melception", "score_reference",
-            "score_run", "aggregate_table", "report_results", "plot_loss_curve", "plot_training_overview",
+    assert {"make_synthetic_videos", "list_clips", "preprocess_clips", "extract_features", "feature_summary",
+            "train_codebook", "encode_tokens", "train_gpt", "sample_tokens", "vocode", "train_melception",
+            "score_reference", "reconstruct_validation", "score_samples", "compare_with_baseline",
+            "aggregate_table", "report_results", "report_landing", "plot_codebook", "plot_loss_curve",
+            "plot_training_overview",
             "listening_gallery"} == {p.parts[0] for p in benchmarks}
 
 
@@ -189,9 +235,14 @@ def test_changing_one_runs_dropout_reruns_exactly_that_run(demo, tmp_path):
     assert result.returncode == 0, result.stderr
     run = yaml.safe_load(changed.read_text())["runs"][1]["name"]
     jobs = sorted(planned_jobs(result.stdout))
-    assert jobs == sorted([("train_gpt", run), ("sample_tokens", run), ("vocode", run), ("score_run", run),
+    # the run, its shuffled-features control (same transformer) and their comparisons with the baseline
+    samples, shuffled = f"{run}/samples", f"{run}/shuffled"
+    assert jobs == sorted([("train_gpt", run), ("sample_tokens", samples), ("sample_tokens", shuffled),
+                           ("vocode", run), ("score_samples", samples), ("score_samples", shuffled),
+                           ("compare_with_baseline", samples), ("compare_with_baseline", shuffled),
                            ("aggregate_table", ""), ("plot_loss_curve", run), ("listening_gallery", run),
-                           ("plot_training_overview", ""), ("report_results", ""), ("all", "")]), result.stdout
+                           ("plot_training_overview", ""), ("report_results", ""), ("report_landing", ""),
+                           ("all", "")]), result.stdout
 
 
 # ---------------------------------------------------------------- the HTML report, checked in headless Chromium
@@ -293,7 +344,8 @@ def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
     result = snakemake("--report", str(report), "--configfile", "config/demo.yaml", cwd=workdir, timeout=300)
     built = time.monotonic() - start
     assert result.returncode == 0, result.stderr[-4000:]
-    runs = list(pd.read_csv(workdir / "results/demo/table.csv")["run"])
+    rows = list(pd.read_csv(workdir / "results/demo/table.csv")["run"])  # the runs, their controls, the ceiling
+    runs = [r["name"] for r in yaml.safe_load((workdir / "config/demo.yaml").read_text())["runs"]]
     trained = [name for name in runs if (workdir / f"results/demo/runs/{name}/metrics.csv").exists()]
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     config = yaml.safe_load((workdir / "config/demo.yaml").read_text())
@@ -302,6 +354,10 @@ def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
 
     browser.get(report.as_uri())
     wait_for(browser, "return typeof app !== 'undefined' && typeof categories !== 'undefined'")
+    # the front page is the study's answer: every run against the baseline, the ceiling, the controls
+    wait_for(browser, "return document.body.innerText.includes('which visual features help')")
+    front = browser.execute_script("return document.body.innerText")
+    assert "better than the baseline" in front and "Ceiling" in front and "Control" in front
     categories = browser.execute_script("return categories")
     entries = browser.execute_script("return results")
     assert set(categories) == REPORT_CATEGORIES, categories
@@ -321,7 +377,7 @@ def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
                 shown["page"] += 1
                 assert all(width > 0 and height > 0 for _, width, height in page["images"]), (path, page["images"])
                 if path.endswith("report/table.html"):
-                    assert page["table_runs"] == runs, page["table_runs"]
+                    assert page["table_runs"] == rows, page["table_runs"]
                 else:
                     run = entry["labels"]["run"]
                     assert run in entry["caption"], entry["caption"]  # the caption's template was filled in
@@ -332,8 +388,10 @@ def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
                     assert players == sorted(["generated", "real"] * page["videos"]), page["audio"]
                     assert all(error is None and ready >= 1 and duration > 0
                                for _, error, ready, duration in page["audio"]), (path, page["audio"])
-    # the scores, one loss curve per trained run plus the overview, the learning rates; table and galleries
-    assert shown == {"image": 1 + len(trained) + 2, "page": 1 + len(runs)}, shown
+    # the scores, one loss curve per trained run plus the overview, the learning rates, the codebook; the table and
+    # one gallery per run
+    assert shown == {"image": 1 + len(trained) + 2 + 1, "page": 1 + len(runs)}, shown
+
     print(f"report {report.stat().st_size / 1e6:.1f} MB built in {built:.1f} s; {shown}")
 
 
@@ -358,3 +416,113 @@ def test_melgan_vocoder_trains_and_vocodes_through_the_workflow(demo, tmp_path):
     assert index["clip"].nunique() == valid_videos
     info = soundfile.info(str(workdir / target / index["file"].iloc[0]))
     assert info.samplerate == 22050 and info.channels == 1 and info.frames > 0
+
+
+# ---------------------------------------------------------------- i2a generate on the demo's trained models
+def i2a_command() -> str:
+    """The `i2a` console script of this environment (pyproject's [project.scripts]; `uv sync` installs it)."""
+    script = Path(sys.executable).with_name("i2a")
+    assert script.is_file(), f"no {script}: reinstall the project (uv sync) to get the i2a console script"
+    return str(script)
+
+
+def i2a(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([i2a_command(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def valid_frames(demo, tmp_path_factory) -> dict[Path, str]:
+    """The middle frame of every demo validation video as a PNG, with the video's class."""
+    from PIL import Image
+
+    from i2a.data.clips import Shard
+    from i2a.report.gallery import middle_frame
+
+    workdir, _ = demo
+    folder = tmp_path_factory.mktemp("frames")
+    frames = {}
+    for shard in sorted((workdir / "results/demo/data/valid").glob("shard*")):
+        shard = Shard(shard)
+        for clip, cls, video in zip(shard.clips, shard.classes, shard.video_paths()):
+            path = folder / f"{clip.replace('/', '_')}.png"
+            Image.fromarray(middle_frame(video)).save(path)
+            frames[path] = cls
+    return frames
+
+
+@pytest.mark.parametrize("run", ["resnet18-s5", "clip-s5"])
+def test_a_picture_generates_the_sound_of_its_class(demo, valid_frames, run, tmp_path, monkeypatch):
+    """The middle frame of each validation video, given as an image: the demo's Melception hears that video's
+    class in the generated spectrograms far above chance (4 classes: 25%)."""
+    from i2a import generate
+    from i2a.evaluation.scoring import evaluator_outputs, load_evaluator
+
+    workdir, _ = demo
+    monkeypatch.chdir(workdir)
+    model = generate.load_run_model(generate.load_config("config/demo.yaml"), run, "cpu")
+    assert model.S == 5 and model.spec.features in ("resnet18", "clip_vit_b32")  # what the checkpoint says
+    results = generate.generate(model, list(valid_frames), tmp_path, samples=4, seed=0, keep_mels=True,
+                                progress=False)
+    assert all(r.error is None for r in results), [r.error for r in results if r.error]
+    evaluator, stats = load_evaluator(workdir / "results/demo/eval/melception.ckpt")
+    mels = np.concatenate([r.mels for r in results])
+    logits = evaluator_outputs(evaluator, mels, stats)["logits"].reshape(len(results), 4, -1)
+    heard = np.asarray(evaluator.class_names)[logits.argmax(-1)]
+    shown = np.asarray([valid_frames[r.path] for r in results])[:, None]
+    rate, chance = float((heard == shown).mean()), 1 / len(evaluator.class_names)
+    print(f"{run}: {100 * rate:.1f}% of the sounds generated from a picture are its class (chance "
+          f"{100 * chance:.0f}%, {len(results)} pictures x 4 samples)")
+    assert rate >= 0.6 > 2 * chance
+
+
+def test_the_no_feats_run_does_not_look_at_the_picture(demo, valid_frames, tmp_path):
+    workdir, _ = demo
+    first, other = list(valid_frames)[0], list(valid_frames)[-1]
+    assert valid_frames[first] != valid_frames[other]
+    for image, out in ((first, "a"), (other, "b")):
+        result = i2a("generate", "--config", "config/demo.yaml", "--run", "no-feats", "--out", str(tmp_path / out),
+                     "--samples", "2", "--seed", "3", str(image), cwd=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for k in range(2):
+        assert (tmp_path / f"a/{first.stem}_sample{k:02d}.wav").read_bytes() == \
+            (tmp_path / f"b/{other.stem}_sample{k:02d}.wav").read_bytes()
+
+
+def test_the_same_seed_gives_the_same_wav(demo, valid_frames, tmp_path):
+    workdir, _ = demo
+    image = list(valid_frames)[0]
+    for out, seed in (("first", "7"), ("again", "7"), ("other", "8")):
+        result = i2a("generate", "--config", "config/demo.yaml", "--run", "clip-s5", "--out", str(tmp_path / out),
+                     "--seed", seed, str(image), cwd=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+    wav = f"{image.stem}_sample00.wav"
+    assert (tmp_path / "first" / wav).read_bytes() == (tmp_path / "again" / wav).read_bytes()
+    assert (tmp_path / "first" / wav).read_bytes() != (tmp_path / "other" / wav).read_bytes()
+
+
+def test_a_folder_with_a_corrupt_file_generates_the_rest_and_fails(demo, valid_frames, tmp_path):
+    """The README's example: pictures and a video in a folder, one file corrupt. The others are generated (a
+    video also as an mp4 with the generated sound), the corrupt one is named, and the exit status is non-zero."""
+    import soundfile
+
+    from i2a.data.media import probe_clip
+
+    workdir, _ = demo
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    image = list(valid_frames)[0]
+    shutil.copy(image, folder / "photo.png")
+    shutil.copy(sorted((workdir / "results/demo/data/valid").glob("shard*/video/*.mp4"))[0], folder / "clip.mp4")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    out = tmp_path / "generated"
+    result = i2a("generate", "--config", "config/demo.yaml", "--run", "resnet18-s5", "--out", str(out),
+                 "--samples", "2", "--mux", str(folder), cwd=workdir)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "broken.jpg: not a readable image" in result.stderr and "2 of 3 inputs generated" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{stem}_sample{k:02d}.wav" for stem in ("clip", "photo") for k in range(2)]
+        + ["clip_spectrogram.png", "photo_spectrogram.png", "clip_sample00.mp4", "clip_sample01.mp4"])
+    info = soundfile.info(str(out / "photo_sample00.wav"))
+    assert info.samplerate == 22050 and info.channels == 1 and abs(info.duration - 160 * 256 / 22050) < 0.01
+    muxed = probe_clip(out / "clip_sample00.mp4")
+    assert muxed["orig_sample_rate"] == 22050 and abs(muxed["container_duration"] - 2.0) < 0.1

@@ -133,6 +133,12 @@ def check_config_semantics(config: dict[str, Any]) -> None:
     if dupes:
         raise ConfigError(f"config key runs: run names must be unique; repeated: {', '.join(dupes)}")
     audio, video = config["audio"], config["video"]
+    if config["codebook"]["source"] == "released" and not config["codebook"]["path"]:
+        from i2a.models.released import VAS_CODES
+
+        if config["codebook"]["model"]["n_embed"] != VAS_CODES:  # the runs' vocabulary is read from this key
+            raise ConfigError(f"config key codebook.model.n_embed: {config['codebook']['model']['n_embed']}, but the "
+                              f"released VAS codebook (codebook.source: released) has {VAS_CODES} codes")
     if audio["crop_frames"] > audio["keep_frames"]:
         raise ConfigError(f"config key audio.crop_frames: {audio['crop_frames']} > audio.keep_frames {audio['keep_frames']}")
     if audio["fmax"] > audio["sample_rate"] / 2:
@@ -182,15 +188,49 @@ def check_config_semantics(config: dict[str, Any]) -> None:
         if run["feat_sample_size"] > video["feat_crop"]:
             raise ConfigError(
                 f"config key {where}.feat_sample_size: {run['feat_sample_size']} > video.feat_crop {video['feat_crop']}")
+        if run["features"] == "none" and run["feature_norm"] != "raw":
+            raise ConfigError(f"config key {where}.feature_norm: the no-feats baseline's random features have no "
+                              "statistics to standardise with; use raw")
         if run["features"] == "none" and run["feat_sample_size"] != 1:
             raise ConfigError(f"config key {where}.feat_sample_size: the no-feats baseline takes S = 1 (random "
                               f"features), not {run['feat_sample_size']}")
         if run["source"] == "released":
             check_released_run(config, run, where)
+        if run["base_lr"] == "auto" and not run["lr_find"]:
+            raise ConfigError(f"config key {where}.base_lr: auto takes the LR finder's suggestion; set lr_find: true "
+                              "on the run (or give a number)")
+    check_authors_inputs(config)
+    baseline = config["baseline"]
+    if baseline is not None and baseline not in names:
+        raise ConfigError(f"config key baseline: {baseline!r} is not a run; runs: {', '.join(names)}")
     melception = config["melception"]
     if (melception["source"] == "released" or melception["path"]) and not melception["stats"] \
             and "melception_stats" not in RELEASED:
         raise ConfigError("config key melception.stats: the released Melception needs its per-mel-bin statistics")
+
+
+def baseline_run(config: dict[str, Any]) -> str | None:
+    """The run every row is compared with: `baseline:`, else the only run without features (None if not one)."""
+    if config["baseline"] is not None:
+        return config["baseline"]
+    featureless = [run["name"] for run in config["runs"] if run["features"] == "none"]
+    return featureless[0] if len(featureless) == 1 else None
+
+
+def check_authors_inputs(config: dict[str, Any]) -> None:
+    """`vas.source: authors` brings the authors' mels and ResNet50 features, no videos and no sounds: runs may use
+    ResNet50 features or none, and nothing may need the clips' wav files."""
+    if config["dataset"] != "vas" or config["vas"]["source"] != "authors":
+        return
+    for i, run in enumerate(config["runs"]):
+        if run["features"] not in ("resnet50", "none"):
+            raise ConfigError(f"config key runs[{i}] ({run['name']}).features: {run['features']!r} cannot be used with "
+                              "vas.source authors, which brings the authors' ResNet50 features only; use resnet50 "
+                              "or none, or derive the inputs here (vas.source: download or local)")
+    vocoder = config["vocoder"]
+    if vocoder["kind"] == "melgan" and vocoder["source"] == "train" and not vocoder["path"]:
+        raise ConfigError("config key vocoder.source: training a MelGAN needs the clips' sounds, which vas.source "
+                          "authors does not have; use the released MelGAN (vocoder.source: released)")
 
 
 def check_released_run(config: dict[str, Any], run: dict[str, Any], where: str) -> None:
@@ -200,8 +240,8 @@ def check_released_run(config: dict[str, Any], run: dict[str, Any], where: str) 
         raise ConfigError(f"config key {where}.released: required with source released; allowed values: "
                           f"{', '.join(TRANSFORMERS)}")
     model = released(name)
-    expected = {"features": model.features, "feat_sample_size": model.feat_sample_size, "layers": model.layers,
-                "heads": model.heads, "embed": model.embed}
+    # what the fetched checkpoint says it is (fetch_checkpoint checked it against the registry), else the registry
+    expected = model.shape()
     differences = [f"{key}: the run says {run[key]}, the checkpoint has {value}" for key, value in expected.items()
                    if run[key] != value]
     if differences:

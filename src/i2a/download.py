@@ -13,9 +13,10 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import Callable
 
-from i2a.atomic import atomic_path, copy_file
-from i2a.checksum import ChecksumError, file_digest, verify_file
+from i2a.atomic import atomic_path, copy_file, write_text
+from i2a.checksum import ChecksumError, file_digest, set_aside, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ def _confirmation_link(page_url: str, html: bytes) -> str | None:
 
 
 def download(url: str, dest: str | Path, md5: str | None = None, sha256: str | None = None,
-             retries: int = 5, timeout: float = 60.0) -> Path:
+             retries: int = 5, timeout: float = 60.0, validate: Callable[[Path], None] | None = None) -> Path:
     """Fetch url to dest, resuming a previous partial download (dest + '.part') and checking the digest.
 
-    The file appears under `dest` only once it is complete and verified (a bad download is set aside, see
-    i2a.checksum).
+    The file appears under `dest` only once it is complete and verified: its digest (when one is known) and
+    `validate(part)` (for example `check_zip`, when no digest is known) must pass, else it is set aside (see
+    i2a.checksum) and the next attempt downloads it afresh.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -99,21 +101,57 @@ def download(url: str, dest: str | Path, md5: str | None = None, sha256: str | N
                             remedy="run the rule again to download it afresh")
     except ChecksumError as error:
         raise DownloadError(str(error)) from None
+    if validate is not None:
+        try:
+            validate(part)
+        except Exception as error:  # noqa: BLE001 - whatever the check found, the file is not usable
+            bad = set_aside(part)
+            raise DownloadError(f"the download of {url} is incomplete or damaged ({error}). It was moved aside to "
+                                f"{bad}; run the rule again to download it afresh") from None
     part.replace(dest)
     return dest
 
 
+def fetch_archive(url: str, dest: str | Path, md5: str | None = None) -> str:
+    """The download rules' job: download resumably, prove the file whole (its digest, or every zip member's CRC),
+    and only then record its MD5 beside it, so that a truncated first download is never trusted. Returns the MD5."""
+    dest = Path(dest)
+    path = download(url, dest, md5=md5, validate=check_zip if dest.suffix == ".zip" else None)
+    return record_or_check_md5(path, md5)
+
+
+def check_zip(path: str | Path) -> None:
+    """Raise unless the zip's central directory reads and every member's CRC matches (reads the whole file)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            first_bad = zf.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(f"{Path(path).name} is not a readable zip archive: {error}") from None
+    if first_bad is not None:
+        raise ValueError(f"{Path(path).name}: member {first_bad!r} fails its CRC check")
+
+
 def record_or_check_md5(path: str | Path, expected: str | None) -> str:
-    """Verify against the configured MD5, else against the one recorded at first download (path + '.md5')."""
+    """Verify against the configured MD5, else against the one recorded beside the file (path + '.md5').
+
+    Call it only on a file already proved whole (a verified digest, or `check_zip`): the MD5 it records is trusted
+    from then on, to notice a file that changes afterwards.
+    """
     path = Path(path)
     sidecar = path.with_name(path.name + ".md5")
     actual = file_digest(path, "md5")
-    reference = expected or (sidecar.read_text().split()[0] if sidecar.exists() else None)
-    if reference and actual != reference:
-        raise DownloadError(f"{path}: MD5 {actual} differs from {reference} "
-                            f"({'configured' if expected else 'recorded in ' + str(sidecar)}); delete it and rerun")
-    if not sidecar.exists():
-        sidecar.write_text(f"{actual}  {path.name}\n")
+    if expected and actual != expected.lower():
+        bad = set_aside(path)
+        sidecar.unlink(missing_ok=True)
+        raise DownloadError(f"{path}: MD5 {actual} differs from the configured {expected}. It was moved aside to "
+                            f"{bad}; run the rule again to download it afresh")
+    recorded = sidecar.read_text().split()[0] if sidecar.exists() else None
+    if not expected and recorded and actual != recorded:
+        raise DownloadError(f"{path}: MD5 {actual} differs from {recorded}, recorded in {sidecar} when it was first "
+                            f"downloaded whole, so the file changed since. To download it afresh, delete both {path} "
+                            f"and {sidecar} and run again; to keep this file, delete {sidecar} only")
+    if recorded != actual:
+        write_text(sidecar, f"{actual}  {path.name}\n")
     return actual
 
 

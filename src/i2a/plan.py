@@ -169,6 +169,9 @@ def plan_jobs(targets: Sequence[str] = (), profile: Path = DEFAULT_PROFILE, conf
     from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
                                           ResourceSettings)
 
+    from i2a import lock
+
+    lock.PLANNING_ONLY = True  # a dry run: it takes no locks, so it may run beside an executing instance
     workdir = Path(workdir).resolve()
     snakefile = Path(snakefile).resolve() if snakefile else workdir / "Snakefile"
     args = _cli_args(Path(profile).resolve(), [str(Path(f).resolve()) for f in configfiles])

@@ -57,7 +57,9 @@ class TrainSettings:
     batch: int = 16  # per GPU
     gpus: int = 1  # DDP when > 1
     accumulate: int = 1
-    base_lr: float = 1e-6  # LR = base_lr x batch x gpus x accumulate
+    # LR = base_lr x batch x gpus x accumulate; "auto": the LR finder's suggestion, set by `with_base_lr` before
+    # training (i2a.training.gpt.resolve_base_lr)
+    base_lr: float | str = 1e-6
     weight_decay: float = 0.01  # on Linear weights only
     betas: tuple[float, float] = (0.9, 0.95)
     scheduler: Literal["none", "plateau", "cosine"] = "none"
@@ -67,9 +69,16 @@ class TrainSettings:
     early_stopping: bool = False
     early_stopping_patience: int = 2
     seed: int = 0
+    # "32": fp32 weights and activations (SpecVQGAN's); "bf16-mixed": bf16 autocast with fp32 weights
+    precision: Literal["32", "bf16-mixed"] = "32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "precision", str(self.precision))
+        if self.precision not in ("32", "bf16-mixed"):
+            raise ValueError(f"precision must be '32' or 'bf16-mixed', got {self.precision!r}")
+        if isinstance(self.base_lr, str) and self.base_lr != "auto":
+            raise ValueError(f"base_lr must be a number or 'auto', got {self.base_lr!r}")
         if self.scheduler not in ("none", "plateau", "cosine"):
             raise ValueError(f"scheduler must be 'none', 'plateau' or 'cosine', got {self.scheduler!r}")
         for name in ("batch", "gpus", "accumulate", "max_epochs"):
@@ -78,7 +87,13 @@ class TrainSettings:
 
     @property
     def learning_rate(self) -> float:
+        if self.base_lr == "auto":
+            raise ValueError("base_lr is auto: the LR finder's suggestion must be filled in first (with_base_lr)")
         return self.base_lr * self.batch * self.gpus * self.accumulate
+
+    @property
+    def lightning_precision(self) -> str:
+        return "32-true" if self.precision == "32" else self.precision
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,9 @@ class RunSpec:
     name: str
     features: str  # a backbone of i2a.features.registry, or "none" (random features, the no-feats baseline)
     feat_sample_size: int = 212  # S of the 212 frames
+    # how features enter the GPT: "raw" as SpecVQGAN feeds them, or "standard": per dimension, minus the mean and
+    # over the std of the training split's features (the statistics travel in the checkpoint)
+    feature_norm: Literal["raw", "standard"] = "raw"
     source: Literal["train", "released"] = "train"
     released: str | None = None  # with source "released": which of i2a.models.released's transformers
     model: GPTConfig = field(default_factory=GPTConfig)
@@ -117,10 +135,20 @@ class RunSpec:
         model = GPTConfig(vocab_size=codebook_size(config), block_size=tokens_per_clip(config) + entry["feat_sample_size"],
                           layers=entry["layers"], heads=entry["heads"], embed=entry["embed"],
                           feat_dim=feature_dim(entry["features"]), dropout=entry["dropout"])
+        sampling = _known(SamplingSettings, config["sampling"])
+        if entry.get("samples_per_video") is not None:
+            sampling["samples_per_video"] = entry["samples_per_video"]
+        elif entry["source"] == "released":  # as its published numbers were computed (one place: the registry)
+            from i2a.models.released import released
+
+            published = released(entry["released"]).published
+            if published is not None:
+                sampling["samples_per_video"] = published.samples_per_video
         return cls(name=entry["name"], features=entry["features"], feat_sample_size=entry["feat_sample_size"],
-                   source=entry["source"], released=entry.get("released"), model=model,
+                   feature_norm=entry["feature_norm"], source=entry["source"], released=entry.get("released"),
+                   model=model,
                    train=TrainSettings(**_known(TrainSettings, entry)),
-                   sampling=SamplingSettings(**_known(SamplingSettings, config["sampling"])))
+                   sampling=SamplingSettings(**sampling))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -142,6 +170,9 @@ class RunSpec:
 
     def with_sampling(self, **changes: Any) -> RunSpec:
         return replace(self, sampling=replace(self.sampling, **changes))
+
+    def with_base_lr(self, base_lr: float) -> RunSpec:
+        return replace(self, train=replace(self.train, base_lr=float(base_lr)))
 
 
 def codebook_size(config: dict[str, Any]) -> int:

@@ -19,7 +19,8 @@ from i2a.atomic import atomic_path
 from i2a.data.mel import MelSpec
 from i2a.data.store import ShardedArray
 from i2a.device import pick_device
-from i2a.models.gpt import load_transformer, random_features, sample_frame_indices, sample_tokens
+from i2a.models.gpt import (load_transformer, random_features, sample_frame_indices, sample_tokens,
+                            standardize_features)
 from i2a.runspec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,19 @@ def condition(features: str, feats: np.ndarray | None, seeds: np.ndarray, S: int
     return torch.from_numpy(np.ascontiguousarray(feats[:, idx].transpose(0, 2, 1), dtype=np.float32))
 
 
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A fixed permutation with no fixed point (Sattolo's algorithm: one cycle through all n), so that every video
+    gets another video's features in the shuffled control; the same n and seed give the same pairing."""
+    if n < 2:
+        raise ValueError("a shuffled control needs at least 2 validation videos")
+    rng = np.random.default_rng(seed)
+    perm = np.arange(n)
+    for i in range(n - 1, 0, -1):
+        j = int(rng.integers(0, i))
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
 def load_run_transformer(spec: RunSpec, path: str | Path, device: torch.device):
     """The run's transformer: a trained one describes itself and must be the run's; a released one is checked
     against the run's shape and takes its head count from it."""
@@ -55,11 +69,13 @@ def load_run_transformer(spec: RunSpec, path: str | Path, device: torch.device):
 
 def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str | Path,
                valid_shards: Sequence[str | Path], feature_files: Sequence[str | Path], tokens_out: str | Path,
-               mels_out: str | Path, names_out: str | Path, batch_size: int = 64, device: str | None = None) -> None:
+               mels_out: str | Path, names_out: str | Path, batch_size: int = 64, device: str | None = None,
+               shuffled: bool = False) -> None:
     """Top-k samples for every validation video: tokens (V, R x K, n_tokens) int16 and decoded mels
     (V, R x K, n_mels, T) float16 for R = spec.sampling.seeds sampling seeds of K samples each (seed-major),
     written memory-mapped (100 samples x 768 videos do not fit in memory) and in place only when complete;
-    `names_out` lists the V videos in row order."""
+    `names_out` lists the V videos in row order. `shuffled`: the control, where video i is sampled with the
+    features of video derangement(V)[i] and the same seeds, so it differs from the run only by the picture."""
     from i2a.atomic import write_text
     from i2a.data.clips import split_clips
     from i2a.models.codebook import decode_tokens, load_codebook
@@ -78,6 +94,16 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
     feats = None if trained_as.features == "none" else ShardedArray(feature_files)
     if feats is not None and len(feats) != n_videos:
         raise ValueError(f"{len(feats)} feature rows for {n_videos} validation videos")
+    if feats is not None:
+        from i2a.training.gpt import finite_rows
+
+        missing = np.flatnonzero(~finite_rows(feats))
+        if len(missing):  # every validation video is scored, so there is no leaving one out quietly here
+            raise ValueError(f"validation videos {missing.tolist()[:10]} have no features (their extraction failed; "
+                             "the reason is in the features' index .tsv): fix or remove those clips and rerun")
+    if shuffled and trained_as.features == "none":
+        raise ValueError(f"run {spec.name} has no features to shuffle")
+    source = derangement(n_videos, sampling.seed) if shuffled else np.arange(n_videos)
     seeds = sample_seeds(sampling.seed, n_videos, sampling.samples_per_video, R)
     videos_per_batch = max(1, batch_size // K)
     with atomic_path(tokens_out) as tokens_tmp, atomic_path(mels_out) as mels_tmp:
@@ -86,9 +112,11 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
         for start in tqdm(range(0, n_videos, videos_per_batch), desc="sampling", mininterval=10):
             stop = min(n_videos, start + videos_per_batch)
             # each video's features are read once and shared by its K samples
-            batch_feats = None if feats is None else np.repeat(np.stack([feats[i] for i in range(start, stop)]), K, 0)
+            batch_feats = None if feats is None else np.repeat(np.stack([feats[source[i]] for i in range(start, stop)]),
+                                                                K, 0)
             batch_seeds = seeds[start:stop].ravel()
             cond = condition(trained_as.features, batch_feats, batch_seeds, S, gpt.config.feat_dim).to(device)
+            cond = standardize_features(gpt, cond)
             out = sample_tokens(gpt, cond, n_tokens, top_k=sampling.top_k, temperature=sampling.temperature,
                                 seeds=batch_seeds.tolist(), cache=True)
             tokens[start:stop] = out.view(stop - start, K, n_tokens).cpu().numpy()
@@ -101,30 +129,66 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
         mels.flush()
         del tokens, mels
     write_text(names_out, "\n".join(videos) + "\n")
-    log.info("sampled %d videos x %d seeds x %d samples of %d tokens", n_videos, R, K // R, n_tokens)
+    log.info("sampled %d videos x %d seeds x %d samples of %d tokens%s", n_videos, R, K // R, n_tokens,
+             " with shuffled features (control)" if shuffled else "")
+
+
+def reconstruct_validation(codebook_ckpt: str | Path, valid_shards: Sequence[str | Path], crop_frames: int,
+                           mels_out: str | Path, names_out: str | Path, device: str | None = None) -> None:
+    """The ceiling any transformer can reach: every real validation clip encoded and decoded by the codebook,
+    saved like a run's samples (V, 1, n_mels, crop_frames) so that it is scored the same way."""
+    from i2a.atomic import write_text
+    from i2a.data.clips import split_clips, split_mels
+    from i2a.models.codebook import decode_tokens, encode_mels, load_codebook
+
+    device = pick_device(device)
+    codebook = load_codebook(codebook_ckpt, map_location=device).to(device)
+    real = split_mels(valid_shards, crop_frames)
+    rec = decode_tokens(codebook, encode_mels(codebook, real), progress=False)
+    with atomic_path(mels_out) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, rec[:, None].astype(np.float16))
+    write_text(names_out, "\n".join(split_clips(valid_shards)["clip"]) + "\n")
+    log.info("reconstructed %d validation clips: L1 %.4f", len(rec), float(np.abs(rec - real).mean()))
 
 
 def vocode_samples(mels_path: str | Path, names_path: str | Path, out_dir: str | Path, kind: str, mel: MelSpec,
-                   melgan_ckpt: str | Path | None = None, listen_videos: int = 0, device: str | None = None) -> int:
-    """Every sample of the first `listen_videos` validation videos (0: all) as a 22,050 Hz wav in `out_dir`, with
-    `index.tsv` (file, clip, sample); `kind` is 'melgan' or 'griffin_lim'. The folder appears only complete."""
+                   melgan_ckpt: str | Path | None = None, listen_videos: int = 0, listen_samples: int = 0,
+                   device: str | None = None) -> int:
+    """The first `listen_samples` samples (0: all) of `listen_videos` validation videos (0: all; one per class in
+    turn, see `class_round_robin`) as 22,050 Hz wavs in `out_dir`, with `index.tsv` (file, clip, sample); `kind` is
+    'melgan' or 'griffin_lim'. The folder appears only complete."""
     from i2a.data.clips import write_tsv
-    from i2a.models.vocoder import griffin_lim, load_melgan, vocode, write_wav
+    from i2a.models.vocoder import load_vocoder, write_wav
 
     mels = np.load(mels_path, mmap_mode="r")  # (videos, samples, n_mels, frames)
     videos = Path(names_path).read_text().splitlines()
-    n = min(listen_videos or len(videos), len(videos))
-    generator = load_melgan(melgan_ckpt, device=pick_device(device)) if kind == "melgan" else None
+    order = class_round_robin(videos)[:listen_videos or len(videos)]
+    n_samples = min(listen_samples or mels.shape[1], mels.shape[1])
+    to_wav = load_vocoder(kind, mel, melgan_ckpt, device=pick_device(device))
     rows = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for v, clip in enumerate(tqdm(videos[:n], desc="vocoding", unit="video", mininterval=10)):
-            batch = np.asarray(mels[v], dtype=np.float32)
-            wavs = vocode(generator, batch) if generator is not None else griffin_lim(batch, mel)
+        for v in tqdm(order, desc="vocoding", unit="video", mininterval=10):
+            clip = videos[v]
+            batch = np.asarray(mels[v, :n_samples], dtype=np.float32)
+            wavs = to_wav(batch)
             for k, wav in enumerate(wavs):
                 name = f"{v:04d}_sample{k:02d}.wav"
                 write_wav(tmp / name, wav, sr=mel.sample_rate)
                 rows.append({"file": name, "clip": clip, "sample": k})
         write_tsv(pd.DataFrame(rows, columns=["file", "clip", "sample"]), tmp / "index.tsv")
-    log.info("wrote %d wav files for %d videos", len(rows), n)
+    log.info("wrote %d wav files for %d videos", len(rows), len(order))
     return len(rows)
+
+
+def class_round_robin(videos: Sequence[str]) -> list[int]:
+    """Row numbers of `videos` ('<class>/<clip>') taking one video per class in turn, classes and clips in name
+    order: the first len(classes) rows are the first video of every class."""
+    by_class: dict[str, list[int]] = {}
+    for row in sorted(range(len(videos)), key=lambda r: videos[r]):
+        by_class.setdefault(videos[row].split("/", 1)[0], []).append(row)
+    queues = [by_class[c] for c in sorted(by_class)]
+    order = []
+    for depth in range(max(map(len, queues), default=0)):
+        order += [q[depth] for q in queues if depth < len(q)]
+    return order

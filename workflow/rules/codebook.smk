@@ -33,6 +33,7 @@ rule train_codebook:
     output:
         checkpoint=f"{R}/codebook/codebook.ckpt",
         metrics=f"{R}/codebook/metrics.csv",
+        summary=f"{R}/codebook/summary.json",
     log:
         f"{LOGS}/train_codebook.log",
     benchmark:

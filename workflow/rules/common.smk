@@ -4,13 +4,17 @@ Jobs import the workflow's package `i2a` (src/i2a) as an installed package: `uv 
 and the conda environments install it after they are made (workflow/envs/*.post-deploy.sh).
 """
 
+import os
 import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
-from i2a.config import ConfigError, validate_config
+from i2a.checksum import listing_digest
+from i2a.config import ConfigError, baseline_run, validate_config
+from i2a.lock import AnotherRunError, guard
+from i2a.data import authors
 from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
 from i2a.models.released import RELEASED, released
 from i2a.runspec import RunSpec
@@ -26,11 +30,27 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
+# one executing instance per folder: a second one would delete the first one's locks when it ends (i2a.lock)
+if workflow.is_main_process:
+    try:
+        guard()
+    except AnotherRunError as error:
+        raise WorkflowError(str(error)) from None
+
 R = config["results"]
 LOGS = config["logs"]
 SPLITS = ["train", "valid"]
 RUNS = {run["name"]: run for run in config["runs"]}
 RUN_SPECS = {name: RunSpec.from_config(config, run) for name, run in RUNS.items()}
+BASELINE = baseline_run(config)
+# every row of the table and the folder its samples are in: the runs, their shuffled-features controls, and the
+# codebook's reconstructions of the real clips (the ceiling)
+CONTROLLED = (
+    [name for name, spec in RUN_SPECS.items() if spec.features != "none"] if config["controls"]["shuffled"] else []
+)
+ROWS = {name: f"runs/{name}/samples" for name in RUNS}
+ROWS |= {f"{name}+shuffled": f"runs/{name}/shuffled" for name in CONTROLLED}
+ROWS["reconstruction"] = "reconstruction/samples"
 CPU_ENV = "../envs/data.yaml"
 TORCH_ENV = "../envs/torch.yaml"
 GPU = 1 if config["gpu"] else 0
@@ -42,6 +62,7 @@ wildcard_constraints:
     shard=r"\d{3}",
     run="|".join(RUNS),
     backbone="|".join(BACKBONES),
+    sampleset="|".join(re.escape(folder) for folder in ROWS.values()),
 
 
 def by_attempt(amount):
@@ -65,6 +86,14 @@ def raw_videos():
     if config["vas"]["source"] == "local":
         return config["vas"]["local_dir"]
     return "resources/vas/raw"
+
+
+def raw_listing():
+    """For a local VAS folder: a digest of every file's name, size and mtime under it, so that a clip added,
+    removed or replaced re-lists the clips (Snakemake itself sees only the top folder's mtime)."""
+    if config["dataset"] == "synthetic" or config["vas"]["source"] != "local":
+        return ""
+    return listing_digest(config["vas"]["local_dir"])
 
 
 def data_params():
@@ -93,6 +122,10 @@ def weight_file(backbone):
 
 def feature_files(backbone, split):
     return shard_paths(f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.npy", split, backbone=backbone)
+
+
+def feature_index_files(backbone, split):
+    return shard_paths(f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.tsv", split, backbone=backbone)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -152,6 +185,12 @@ def run_features(split):
     return inputs
 
 
+def run_feature_stats(wildcards):
+    """The training split's feature statistics, for a run that standardises its features."""
+    spec = RUN_SPECS[wildcards.run]
+    return [f"{R}/features/{spec.features}/stats.npz"] if spec.feature_norm == "standard" else []
+
+
 def gpu_runtime_minutes(spec):
     """SLURM time request for a training job: the full-size model on VAS, scaled by epochs."""
     return 60 + 20 * spec.train.max_epochs
@@ -167,7 +206,40 @@ def vocoder_input(wildcards):
     return [melgan_checkpoint()] if config["vocoder"]["kind"] == "melgan" else []
 
 
+def row_of(sampleset):
+    return next(row for row, folder in ROWS.items() if folder == sampleset)
+
+
+def samples_per_video_set(sampleset):
+    """Sampling seeds a scored folder holds (the reconstructions: one "sample" per video)."""
+    return 1 if sampleset.startswith("reconstruction") else config["sampling"]["seeds"]
+
+
 def table_inputs(wildcards):
-    inputs = {"scores": expand(f"{R}/runs/{{run}}/scores.json", run=RUNS)}
+    inputs = {"scores": [f"{R}/{folder}/scores.json" for folder in ROWS.values()]}
+    inputs["comparisons"] = [
+        f"{R}/{folder}/comparison.json" for row, folder in ROWS.items() if BASELINE not in (None, row)
+    ]
     inputs["training"] = [f"{R}/runs/{name}/train.json" for name, spec in RUN_SPECS.items() if spec.source == "train"]
+    inputs["metrics"] = [f"{R}/runs/{name}/metrics.csv" for name, spec in RUN_SPECS.items() if spec.source == "train"]
+    inputs["probes"] = [f"{R}/features/{backbone}/probe.json" for backbone in used_backbones()]
     return inputs
+
+
+# ---------------------------------------------------------------- the authors' inputs (vas.source: authors)
+# SpecVQGAN's precomputed mels and ResNet50 features and its split lists (i2a/data/authors.py, rules in authors.smk):
+# the files to download, each with its MD5 from the authors' list (or vas.authors.checksums)
+AUTHORS_INPUTS = config["dataset"] == "vas" and config["vas"]["source"] == "authors"
+AUTHORS = config["vas"]["authors"]
+AUTHORS_SUMS = authors.checksums(AUTHORS["checksums"]) if AUTHORS_INPUTS else {}
+AUTHORS_FILES = authors.needed_files(AUTHORS_SUMS, features="resnet50" in used_backbones()) if AUTHORS_INPUTS else []
+
+
+def authors_file(name):
+    """Where a file of the authors' source is downloaded to (shared by every results folder)."""
+    return f"resources/vas/authors/{name}"
+
+
+def authors_tars(kind):
+    """The per-class tar files of one kind (mels or ResNet50 features) of the classes in the checksum list."""
+    return [authors_file(authors.tar_name(c, kind)) for c in authors.classes(AUTHORS_SUMS)]

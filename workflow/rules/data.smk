@@ -1,5 +1,15 @@
 """Videos -> per-clip 10 s wav, video and mel, in shards (SPEC sections 1-2)."""
 
+# The synthetic generator renders a clip's frames in float32 with a few temporaries, ~24 bytes per pixel and colour
+# (MB per clip): the rehearsal's 10 s 480x360 clips peaked at 2.9 GB, the demo's 2 s 128x96 ones far below 2 GB.
+SYNTHETIC_CLIP_MB = (
+    72e-6
+    * config["audio"]["seconds"]
+    * config["synthetic"]["source_fps"]
+    * config["synthetic"]["height"]
+    * config["synthetic"]["width"]
+)
+
 
 rule make_synthetic_videos:
     output:
@@ -12,7 +22,7 @@ rule make_synthetic_videos:
         CPU_ENV
     resources:
         runtime=by_attempt(10),
-        mem_mb=by_attempt(2000),
+        mem_mb=by_attempt(max(2000, 1000 + round(SYNTHETIC_CLIP_MB))),
     params:
         synthetic=config["synthetic"],
         seconds=config["audio"]["seconds"],
@@ -21,11 +31,12 @@ rule make_synthetic_videos:
 
 
 rule list_clips:
-    """Every clip with its class, split (the VAS rule) and shard."""
+    """Every clip with its class, split (the VAS rule) and shard; what is not a clip, with the reason."""
     input:
         raw_videos(),
     output:
-        f"{R}/data/clips.tsv",
+        clips=f"{R}/data/clips.tsv",
+        rejected=f"{R}/data/rejected.tsv",
     log:
         f"{LOGS}/list_clips.log",
     benchmark:
@@ -43,6 +54,7 @@ rule list_clips:
             else config["vas"]["valid_per_class"]
         ),
         shards=config["shards"],
+        listing=raw_listing(),
     script:
         "../scripts/list_clips.py"
 

@@ -7,6 +7,7 @@ rule train_melception:
         clips=f"{R}/data/clips.tsv",
         train=data_shards("train"),
         valid=data_shards("valid"),
+        codebook=[codebook_checkpoint()] if config["melception"]["train"]["reconstructed"] > 0 else [],
     output:
         f"{R}/eval/melception.ckpt",
     log:
@@ -28,13 +29,15 @@ rule train_melception:
 
 
 rule score_reference:
-    """Melception outputs of the real validation spectrograms: one reference set shared by every run."""
+    """Melception outputs of the real validation spectrograms: one reference set shared by every run; and how often
+    the evaluator recognises the real clips' classes."""
     input:
         clips=data_shards("valid"),
         melception=melception_checkpoint(),
         stats=melception_stats(),
     output:
-        f"{R}/eval/reference.npz",
+        reference=f"{R}/eval/reference.npz",
+        evaluator=f"{R}/eval/evaluator.json",
     log:
         f"{LOGS}/score_reference.log",
     benchmark:
@@ -52,31 +55,88 @@ rule score_reference:
         "../scripts/score_reference.py"
 
 
-rule score_run:
+rule reconstruct_validation:
+    """The ceiling: every real validation clip encoded and decoded by the codebook, scored like a run."""
     input:
-        mels=f"{R}/runs/{{run}}/samples/mels.npy",
-        names=f"{R}/runs/{{run}}/samples/videos.txt",
+        clips=data_shards("valid"),
+        codebook=codebook_checkpoint(),
+    output:
+        mels=f"{R}/reconstruction/samples/mels.npy",
+        names=f"{R}/reconstruction/samples/videos.txt",
+    log:
+        f"{LOGS}/reconstruct_validation.log",
+    benchmark:
+        f"{LOGS}/benchmarks/reconstruct_validation.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(60),
+        mem_mb=by_attempt(8000),
+        gpu=GPU,
+    params:
+        crop_frames=config["audio"]["crop_frames"],
+    script:
+        "../scripts/reconstruct_validation.py"
+
+
+rule score_samples:
+    """FID, MKL (95% intervals over videos, spread over seeds), ISc, KID and class agreement of one row's samples
+    (a run, its shuffled control or the reconstructions), and their Melception outputs for paired comparisons."""
+    input:
+        mels=f"{R}/{{sampleset}}/mels.npy",
+        names=f"{R}/{{sampleset}}/videos.txt",
         reference=f"{R}/eval/reference.npz",
         melception=melception_checkpoint(),
         stats=melception_stats(),
     output:
-        f"{R}/runs/{{run}}/scores.json",
+        scores=f"{R}/{{sampleset}}/scores.json",
+        outputs=f"{R}/{{sampleset}}/outputs.npz",
     log:
-        f"{LOGS}/score_run/{{run}}.log",
+        f"{LOGS}/score_samples/{{sampleset}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/score_run/{{run}}.tsv"
+        f"{LOGS}/benchmarks/score_samples/{{sampleset}}.tsv"
     conda:
         TORCH_ENV
     threads: THREADS
     resources:
         runtime=by_attempt(120),
-        mem_mb=by_attempt(16000),
+        # the rehearsal's full Melception job peaked at 1.1 GB; the metrics of 768 videos x 10 samples with 1,000
+        # bootstrap replicates at 0.4 GB; plus ~3 GB of CUDA runtime
+        mem_mb=by_attempt(8000),
         gpu=GPU,
     params:
         metrics=config["metrics"],
-        seeds=config["sampling"]["seeds"],
+        seeds=lambda w: samples_per_video_set(w.sampleset),
     script:
-        "../scripts/score_run.py"
+        "../scripts/score_samples.py"
+
+
+rule compare_with_baseline:
+    """A row against the baseline on the same validation videos: dKL and dFID with a paired bootstrap interval."""
+    input:
+        outputs=f"{R}/{{sampleset}}/outputs.npz",
+        baseline=f"{R}/{ROWS[BASELINE]}/outputs.npz" if BASELINE else [],
+        reference=f"{R}/eval/reference.npz",
+    output:
+        f"{R}/{{sampleset}}/comparison.json",
+    log:
+        f"{LOGS}/compare_with_baseline/{{sampleset}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/compare_with_baseline/{{sampleset}}.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(120),
+        # numpy only: the paired bootstrap of two rows of 768 videos x 10 samples (1,000 replicates) peaks at 0.6 GB
+        mem_mb=by_attempt(4000),
+        gpu=GPU,
+    params:
+        metrics=config["metrics"],
+        baseline=BASELINE,
+    script:
+        "../scripts/compare_with_baseline.py"
 
 
 rule aggregate_table:
@@ -101,6 +161,12 @@ rule aggregate_table:
         runtime=by_attempt(10),
     params:
         runs=[spec.to_dict() for spec in RUN_SPECS.values()],
+        rows=ROWS,
+        baseline=BASELINE,
+        # the folder the table sits in holds every row's scores (as a function of the output, not a hard-coded path)
+        results=lambda w, output: os.path.dirname(output[0]),
+        inputs="authors" if AUTHORS_INPUTS else "derived",
+        settings=config["table"],
     script:
         "../scripts/aggregate_table.py"
 

@@ -39,7 +39,9 @@ rule extract_features:
     threads: THREADS
     resources:
         runtime=by_attempt(120),
-        mem_mb=by_attempt(16000),
+        # frames are resized as decoded: clips in flight are held at 224 px; the rehearsal's ResNet50 job peaked at
+        # 2.4 GB on CPU (activations included), plus ~3 GB of CUDA runtime on a GPU node
+        mem_mb=by_attempt(8000),
         gpu=GPU,
     params:
         backbone=lambda w: {
@@ -53,5 +55,30 @@ rule extract_features:
             "crop": config["video"]["feat_crop"],
         },
         dtype=config["features"]["dtype"],
+        precision=config["features"]["precision"],
     script:
         "../scripts/extract_features.py"
+
+
+rule feature_summary:
+    """A backbone's feature statistics (per dimension, training split: `feature_norm: standard` uses them) and a
+    linear probe of the classes (how much class information the features hand the GPT)."""
+    input:
+        train=lambda w: feature_files(w.backbone, "train"),
+        valid=lambda w: feature_files(w.backbone, "valid"),
+        train_index=lambda w: feature_index_files(w.backbone, "train"),
+        valid_index=lambda w: feature_index_files(w.backbone, "valid"),
+    output:
+        stats=f"{R}/features/{{backbone}}/stats.npz",
+        probe=f"{R}/features/{{backbone}}/probe.json",
+    log:
+        f"{LOGS}/feature_summary/{{backbone}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/feature_summary/{{backbone}}.tsv"
+    conda:
+        TORCH_ENV
+    resources:
+        runtime=by_attempt(60),
+        mem_mb=by_attempt(8000),
+    script:
+        "../scripts/feature_summary.py"

@@ -4,8 +4,21 @@ curves, MKL/FID per run, and a listening gallery per run. Cheap CPU jobs, run wh
 TRAINED_RUNS = [name for name, spec in RUN_SPECS.items() if spec.source == "train"]
 
 # Every file the report shows; rule all asks for them, so a finished run has its report ready to build.
-REPORT_FILES = [f"{R}/report/table.html", f"{R}/report/scores.svg"]
+REPORT_FILES = [f"{R}/report/landing.rst", f"{R}/report/table.html", f"{R}/report/scores.svg"]
+TRAINED_CODEBOOK = config["codebook"]["source"] == "train" and not config["codebook"]["path"]
+if TRAINED_CODEBOOK:
+    REPORT_FILES.append(f"{R}/report/codebook.svg")
+
+
+# The landing page: what the workflow is and the study's answer, written from the results (an absolute path:
+# a relative one would be taken relative to this file's folder, not to the working directory).
+report: os.path.abspath(f"{R}/report/landing.rst")
+
+
 REPORT_FILES += expand(f"{R}/report/gallery/{{run}}.html", run=RUNS)
+# the runs whose learning-rate finder runs (lr_find: true): its loss-LR curve is in the report
+LR_FIND_RUNS = [name for name, run in RUNS.items() if run["lr_find"]]
+REPORT_FILES += expand(f"{R}/report/lr_find/{{run}}.svg", run=LR_FIND_RUNS)
 if TRAINED_RUNS:
     REPORT_FILES += [f"{R}/report/validation_loss.svg", f"{R}/report/learning_rate.svg"]
     REPORT_FILES += expand(f"{R}/report/loss/{{run}}.svg", run=TRAINED_RUNS)
@@ -37,6 +50,56 @@ rule report_results:
         mem_mb=by_attempt(2000),
     script:
         "../scripts/report_results.py"
+
+
+rule report_landing:
+    """The report's front page: each run against the baseline with its paired interval, best first; the ceiling,
+    the controls, the probes, the evaluator's and the codebook's health."""
+    input:
+        table=f"{R}/table.csv",
+        evaluator=f"{R}/eval/evaluator.json",
+        probes=[f"{R}/features/{backbone}/probe.json" for backbone in used_backbones()],
+        codebook=[f"{R}/codebook/summary.json"] if TRAINED_CODEBOOK else [],
+    output:
+        f"{R}/report/landing.rst",
+    log:
+        f"{LOGS}/report_landing.log",
+    benchmark:
+        f"{LOGS}/benchmarks/report_landing.tsv"
+    conda:
+        CPU_ENV
+    resources:
+        runtime=by_attempt(10),
+    params:
+        dataset="the built-in synthetic demo" if config["dataset"] == "synthetic" else "VAS",
+    script:
+        "../scripts/report_landing.py"
+
+
+rule plot_codebook:
+    """A trained codebook's health per epoch: validation L1, codes used, perplexity; the kept epoch marked."""
+    input:
+        metrics=f"{R}/codebook/metrics.csv",
+        summary=f"{R}/codebook/summary.json",
+    output:
+        report(
+            f"{R}/report/codebook.svg",
+            caption="../report/codebook.rst",
+            category="Training curves",
+            subcategory="Codebook",
+            labels={"run": "codebook"},
+        ),
+    log:
+        f"{LOGS}/plot_codebook.log",
+    benchmark:
+        f"{LOGS}/benchmarks/plot_codebook.tsv"
+    conda:
+        TORCH_ENV
+    resources:
+        runtime=by_attempt(10),
+        mem_mb=by_attempt(2000),
+    script:
+        "../scripts/plot_codebook.py"
 
 
 rule plot_loss_curve:
@@ -98,6 +161,31 @@ rule plot_training_overview:
         "../scripts/plot_training_overview.py"
 
 
+rule plot_lr_find:
+    """One run's learning-rate finder: the loss against the LR of the range test, the suggested LR marked."""
+    input:
+        f"{R}/runs/{{run}}/lr_find.json",
+    output:
+        report(
+            f"{R}/report/lr_find/{{run}}.svg",
+            caption="../report/lr_find.rst",
+            category="Training curves",
+            subcategory="Learning-rate finder",
+            labels={"run": "{run}"},
+        ),
+    log:
+        f"{LOGS}/plot_lr_find/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/plot_lr_find/{{run}}.tsv"
+    conda:
+        TORCH_ENV
+    resources:
+        runtime=by_attempt(10),
+        mem_mb=by_attempt(2000),
+    script:
+        "../scripts/plot_lr_find.py"
+
+
 rule listening_gallery:
     """For a run's first vocoded validation videos: frame, real and generated spectrogram, both sounds."""
     input:
@@ -129,7 +217,10 @@ rule listening_gallery:
 
 
 localrules:
+    report_landing,
+    plot_codebook,
     report_results,
     plot_loss_curve,
     plot_training_overview,
+    plot_lr_find,
     listening_gallery,

@@ -8,6 +8,8 @@ rule train_gpt:
         train_features=run_features("train"),
         valid_features=run_features("valid"),
         codebook=codebook_checkpoint(),
+        stats=run_feature_stats,
+        lr_find=lambda w: ([f"{R}/runs/{w.run}/lr_find.json"] if RUN_SPECS[w.run].train.base_lr == "auto" else []),
     output:
         best=f"{R}/runs/{{run}}/best.ckpt",
         metrics=f"{R}/runs/{{run}}/metrics.csv",
@@ -31,21 +33,54 @@ rule train_gpt:
         "../scripts/train_gpt.py"
 
 
+rule lr_find:
+    """Lightning's learning-rate range test on a run's training data (`lr_find: true`): the loss as the LR grows
+    exponentially from lr_finder.min_lr to max_lr, and the LR it suggests (which `base_lr: auto` trains with)."""
+    input:
+        train_tokens=token_files("train"),
+        valid_tokens=token_files("valid"),
+        train_features=run_features("train"),
+        valid_features=run_features("valid"),
+        codebook=codebook_checkpoint(),
+        stats=run_feature_stats,
+    output:
+        f"{R}/runs/{{run}}/lr_find.json",
+    log:
+        f"{LOGS}/lr_find/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/lr_find/{{run}}.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(60),
+        mem_mb=by_attempt(16000),
+        gpu=GPU,
+    params:
+        run=lambda w: RUN_SPECS[w.run].training_view(),
+        settings=config["lr_finder"],
+    script:
+        "../scripts/lr_find.py"
+
+
 rule sample_tokens:
-    """Top-k samples per validation video, decoded to spectrograms by the codebook."""
+    """Top-k samples per validation video, decoded to spectrograms by the codebook; as `shuffled`, the control
+    where each video is given another video's features (same transformer, same seeds)."""
     input:
         transformer=transformer_checkpoint,
         codebook=codebook_checkpoint(),
         clips=data_shards("valid"),
         features=run_features("valid"),
     output:
-        tokens=f"{R}/runs/{{run}}/samples/tokens.npy",
-        mels=f"{R}/runs/{{run}}/samples/mels.npy",
-        names=f"{R}/runs/{{run}}/samples/videos.txt",
+        tokens=f"{R}/runs/{{run}}/{{kind}}/tokens.npy",
+        mels=f"{R}/runs/{{run}}/{{kind}}/mels.npy",
+        names=f"{R}/runs/{{run}}/{{kind}}/videos.txt",
     log:
-        f"{LOGS}/sample_tokens/{{run}}.log",
+        f"{LOGS}/sample_tokens/{{run}}-{{kind}}.log",
     benchmark:
-        f"{LOGS}/benchmarks/sample_tokens/{{run}}.tsv"
+        f"{LOGS}/benchmarks/sample_tokens/{{run}}-{{kind}}.tsv"
+    wildcard_constraints:
+        kind="samples|shuffled",
     conda:
         TORCH_ENV
     threads: THREADS
@@ -55,5 +90,6 @@ rule sample_tokens:
         gpu=GPU,
     params:
         run=lambda w: RUN_SPECS[w.run].to_dict(),
+        shuffled=lambda w: w.kind == "shuffled",
     script:
         "../scripts/sample_tokens.py"

@@ -46,6 +46,7 @@ rule vocode:
     params:
         kind=config["vocoder"]["kind"],
         listen_videos=config["vocoder"]["listen_videos"],
+        listen_samples=config["vocoder"]["listen_samples"],
         audio=config["audio"],
     script:
         "../scripts/vocode.py"

@@ -1,7 +1,6 @@
-"""Download a file once, resumably; its MD5 is checked (configured) or recorded (first time) beside it."""
-from i2a.download import download, record_or_check_md5
+"""Download an archive once, resumably; its MD5 is recorded only once it proved whole."""
+from i2a.download import fetch_archive
 from i2a.jobs import start_job
 
 log = start_job(snakemake)
-path = download(snakemake.params.url, snakemake.output[0])
-log.info("%s: md5 %s", path, record_or_check_md5(path, snakemake.params.md5))
+log.info("%s: md5 %s", snakemake.output[0], fetch_archive(snakemake.params.url, snakemake.output[0], snakemake.params.md5))

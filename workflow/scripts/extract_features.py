@@ -7,4 +7,5 @@ backbone = snakemake.params.backbone
 # batch_size is throughput only: read from the config, not a param that would rerun the job
 settings = {**backbone, "batch_size": snakemake.config["backbones"][backbone["name"]]["batch_size"]}
 extract_shard(backbone["name"], settings, snakemake.params.frames, snakemake.params.dtype, snakemake.input.clips,
-              snakemake.output.features, snakemake.output.index, workers=snakemake.threads)
+              snakemake.output.features, snakemake.output.index, workers=snakemake.threads,
+              precision=snakemake.params.precision)

@@ -4,4 +4,4 @@ from i2a.jobs import start_job
 
 start_job(snakemake)
 score_reference(snakemake.input.clips, snakemake.input.melception, (snakemake.input.stats or [None])[0],
-                snakemake.params.crop_frames, snakemake.output[0])
+                snakemake.params.crop_frames, snakemake.output.reference, snakemake.output.evaluator)

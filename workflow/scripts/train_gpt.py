@@ -8,4 +8,5 @@ train_run(RunSpec.from_dict(snakemake.params.run),
           {"train": snakemake.input.train_tokens, "valid": snakemake.input.valid_tokens},
           {"train": snakemake.input.train_features, "valid": snakemake.input.valid_features},
           snakemake.input.codebook, snakemake.params.state_dir, snakemake.output.best, snakemake.output.metrics,
-          snakemake.output.summary, num_workers=snakemake.config["loader"]["num_workers"])
+          snakemake.output.summary, feature_stats=(snakemake.input.stats or [None])[0],
+          loader=snakemake.config["loader"], lr_find=(snakemake.input.lr_find or [None])[0])

@@ -6,4 +6,4 @@ from i2a.samples import vocode_samples
 start_job(snakemake)
 vocode_samples(snakemake.input.mels, snakemake.input.names, snakemake.output[0], snakemake.params.kind,
                mel_spec_from_config(snakemake.params.audio), (snakemake.input.vocoder or [None])[0],
-               listen_videos=snakemake.params.listen_videos)
+               listen_videos=snakemake.params.listen_videos, listen_samples=snakemake.params.listen_samples)

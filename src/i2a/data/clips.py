@@ -27,32 +27,72 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov"}
 
 
-def find_clips(raw_dir: str | Path) -> list[tuple[str, Path]]:
-    """('<class>/<clip>', path) for every video under raw_dir/<class>/, sorted by name."""
+def find_clips(raw_dir: str | Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
+    """Clips laid out as raw_dir/<class>/<clip>.<video suffix>: ('<class>/<clip>', path) sorted by name, and
+    (relative path, reason) for everything else found there that is not a clip, so that nothing is left out
+    silently. Only the two levels are read: a folder inside a class folder (one named `x.mp4` included) is
+    reported, never walked, so symlink loops cannot trap the listing. Hidden files (`.DS_Store`) are ignored."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"video folder {raw_dir} does not exist")
-    clips = []
-    for path in raw_dir.rglob("*"):
-        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file() and not path.name.startswith("."):
-            rel = path.relative_to(raw_dir)
-            if len(rel.parts) < 2:
-                log.warning("skipping %s: not inside a class folder", rel)
+    clips: list[tuple[str, Path]] = []
+    rejected: list[tuple[str, str]] = []
+
+    def entries(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+    for top in entries(raw_dir):
+        if not top.is_dir():
+            rejected.append((top.name, "not inside a class folder (expected <class>/<clip>.mp4)"))
+            continue
+        if _unsafe_name(top.name):
+            rejected.append((top.name, f"class folder name {_unsafe_name(top.name)}: rename it"))
+            continue
+        for path in entries(top):
+            rel = f"{top.name}/{path.name}"
+            try:
+                is_dir = path.is_dir()
+                exists = path.exists()
+            except OSError as error:  # ELOOP and friends
+                rejected.append((rel, f"cannot be read: {error.strerror or error}"))
                 continue
-            clips.append((f"{rel.parts[0]}/{path.stem}", path))
-    clips.sort(key=lambda c: c[0])
+            if path.is_symlink() and not exists:
+                rejected.append((rel, "a symbolic link to nothing (broken, or a loop)"))
+            elif is_dir:
+                inside = sum(1 for _ in path.iterdir()) if not path.is_symlink() else 0
+                what = "a folder named like a video" if path.suffix.lower() in VIDEO_SUFFIXES else "a folder"
+                rejected.append((rel, f"{what} inside a class folder ({inside} entries in it are not read): clips "
+                                      "must sit directly in <class>/"))
+            elif path.suffix.lower() not in VIDEO_SUFFIXES:
+                rejected.append((rel, f"not a video file name (suffixes read: {' '.join(sorted(VIDEO_SUFFIXES))})"))
+            elif _unsafe_name(path.name):
+                rejected.append((rel, f"file name {_unsafe_name(path.name)}: rename the file"))
+            else:
+                clips.append((f"{top.name}/{path.stem}", path))
     names = [c[0] for c in clips]
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"clip names repeated under {raw_dir}: {dupes[:5]}")
-    return clips
+        raise ValueError(f"clip names repeated under {raw_dir} (the same name with two suffixes): {dupes[:5]}")
+    for rel, reason in rejected:
+        log.warning("not a clip: %s: %s", rel, reason)
+    return clips, rejected
 
 
-def make_clip_table(raw_dir: str | Path, valid_per_class: dict[str, int] | int, shards: dict[str, int]) -> pd.DataFrame:
-    """Split by the VAS rule, then deal each split's sorted clips round-robin into its shards."""
+def _unsafe_name(name: str) -> str:
+    """Why a name cannot be a clip name ('' when it can): clip names are one line of a TSV and a log."""
+    bad = [c for c in name if c in "\n\r\t" or not c.isprintable()]
+    return f"has a control character ({', '.join(sorted({repr(c) for c in bad}))})" if bad else ""
+
+
+def make_clip_table(raw_dir: str | Path, valid_per_class: dict[str, int] | int, shards: dict[str, int],
+                    rejected_out: str | Path | None = None) -> pd.DataFrame:
+    """Split by the VAS rule, then deal each split's sorted clips round-robin into its shards; what is not a
+    clip goes to `rejected_out` (path, reason)."""
     from i2a.data.splits import assign_splits
 
-    clips = find_clips(raw_dir)
+    clips, rejected = find_clips(raw_dir)
+    if rejected_out is not None:
+        write_tsv(pd.DataFrame(rejected, columns=["path", "reason"]), rejected_out)
     if not clips:
         raise ValueError(f"no videos found under {raw_dir} (expected <class>/<clip>.mp4)")
     split_of = assign_splits([name for name, _ in clips], valid_per_class)
@@ -61,6 +101,9 @@ def make_clip_table(raw_dir: str | Path, valid_per_class: dict[str, int] | int, 
     table = pd.DataFrame(rows)
     table["shard"] = 0
     for split, group in table.groupby("split"):
+        if len(group) < shards[split]:
+            raise ValueError(f"{len(group)} {split} clips under {raw_dir} cannot fill shards.{split}: "
+                             f"{shards[split]}; set shards.{split} to at most {len(group)}")
         table.loc[group.index, "shard"] = np.arange(len(group)) % shards[split]
     return table[["clip", "class", "split", "shard", "path"]]
 
@@ -209,16 +252,28 @@ def collect_class_videos(unpacked: str | Path, dest: str | Path, classes=VAS_CLA
 
 
 def unpack_vas(archive: str | Path, dest: str | Path) -> dict[str, int]:
-    """VAS.zip -> dest/<class>/<clip>.mp4; dest appears only once complete (a killed job leaves no half folder)."""
+    """VAS.zip -> dest/<class>/<clip>.mp4; dest appears only once complete (a killed job leaves no half folder).
+
+    An archive that turns out damaged is set aside with its recorded MD5, so that the next run downloads it afresh.
+    """
     import shutil
+    import zipfile
+    import zlib
 
-    from i2a.download import unpack_zip
+    from i2a.checksum import set_aside
+    from i2a.download import DownloadError, unpack_zip
 
-    dest = Path(dest)
+    dest, archive = Path(dest), Path(archive)
     staging = dest.with_name(dest.name + ".unpacked")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        unpack_zip(archive, staging)
+        try:
+            unpack_zip(archive, staging)
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+            bad = set_aside(archive)
+            archive.with_name(archive.name + ".md5").unlink(missing_ok=True)
+            raise DownloadError(f"{archive} is damaged ({error}). It was moved aside to {bad} with its recorded "
+                                "MD5; run the workflow again to download it afresh") from None
         with atomic_path(dest) as partial:
             counts = collect_class_videos(staging, partial)
     finally:
@@ -227,9 +282,10 @@ def unpack_vas(archive: str | Path, dest: str | Path) -> dict[str, int]:
 
 
 def list_clips(raw_dir: str | Path, valid_per_class: dict[str, int] | int, shards: dict[str, int],
-               out: str | Path) -> pd.DataFrame:
-    """The workflow's list_clips job: clips.tsv with every clip's class, split (the VAS rule) and shard."""
-    table = make_clip_table(raw_dir, valid_per_class, shards)
+               out: str | Path, rejected_out: str | Path) -> pd.DataFrame:
+    """The workflow's list_clips job: clips.tsv with every clip's class, split (the VAS rule) and shard, and
+    rejected.tsv with everything under raw_dir that is not a clip and why."""
+    table = make_clip_table(raw_dir, valid_per_class, shards, rejected_out)
     write_tsv(table, out)
     log.info("%d clips: %s", len(table), table.groupby("split").size().to_dict())
     return table

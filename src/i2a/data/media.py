@@ -42,6 +42,7 @@ import subprocess
 import tempfile
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 import numpy as np
@@ -140,6 +141,8 @@ def probe_clip(src: str | Path) -> dict:
                 "orig_sample_rate": a.codec_context.sample_rate,
                 "orig_channels": a.codec_context.channels,
             }
+            if not any(packet.size for packet in container.demux(v)):  # stops at the first frame's packet
+                raise BadClip("no video frames (the video track is empty)")
     except BadClip:
         raise
     except (av.FFmpegError, UnicodeDecodeError) as err:
@@ -232,6 +235,43 @@ def preprocess_clip(src: str | Path, out_video: str | Path | None, out_wav: str 
     return info
 
 
+def video_head(src: str | Path, dest: str | Path, seconds: float) -> None:
+    """The first `seconds` of a video, losslessly (x264 -qp 0, PCM audio in Matroska), for `preprocess_clip`.
+
+    `i2a generate` runs a user's video through the training chain; cutting it first keeps a long video from being
+    re-encoded whole, and a video without sound gets silence as long as its picture, since the chain measures
+    a clip on its audio. Raises BadClip for a file that is not a video.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(f"video {src} does not exist")
+    if src.stat().st_size == 0:
+        raise BadClip("empty file (0 bytes)")
+    with _open_container(src) as container:
+        if not container.streams.video:
+            raise BadClip("no video track")
+        has_audio = bool(container.streams.audio)
+    if has_audio:
+        inputs, maps = ["-i", _arg(src)], ["-map", "0:v:0", "-map", "0:a:0"]
+    else:
+        inputs = ["-i", _arg(src), "-f", "lavfi", "-i", "anullsrc=r=44100:cl=mono"]
+        maps = ["-map", "0:v:0", "-map", "1:a:0", "-shortest"]
+    args = [*inputs, "-t", f"{seconds:g}", *maps, "-loglevel", "error", "-c:v", "libx264", "-qp", "0", "-preset",
+            "ultrafast", "-c:a", "pcm_s16le", "-f", "matroska", _arg(dest)]
+    _ffmpeg(ffmpeg_exe(), args, f"taking the first {seconds:g} s")
+    if _count_video_frames(Path(dest)) == 0:
+        raise BadClip("video track has no decodable frames")
+
+
+def mux_audio(video: str | Path, wav: str | Path, dest: str | Path) -> Path:
+    """`video`'s picture with `wav` as its sound (AAC), as long as the shorter of the two; written atomically."""
+    with atomic_path(dest) as tmp:
+        _ffmpeg(ffmpeg_exe(), ["-i", _arg(video), "-i", _arg(wav), "-map", "0:v:0", "-map", "1:a:0", "-loglevel",
+                               "error", "-c:v", "copy", "-c:a", "aac", "-b:a", AAC_BITRATE, "-shortest", "-f", "mp4",
+                               _arg(tmp)], "muxing the generated sound")
+    return Path(dest)
+
+
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """(float32 samples, rate), int16 scaled by 1/32768 like librosa.load; stereo is averaged to mono."""
     wav, rate = soundfile.read(str(path), dtype="float32", always_2d=False)
@@ -271,27 +311,44 @@ def _round_near(x: Fraction) -> int:
     return q if x >= 0 else -q
 
 
-def read_video_frames(path: str | Path, fps: float | None = None) -> np.ndarray:
+def read_video_frames(path: str | Path, fps: float | None = None, max_short_side: int | None = None,
+                      frame_transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Frames of the first video stream as (T, H, W, 3) uint8 RGB.
 
     With `fps`, frames are picked by timestamp the way ffmpeg's fps filter does (round-to-nearest slots,
     the latest frame at or before each slot, the last frame held until its end), without re-encoding.
+    With `max_short_side`, larger frames are scaled down while decoding (area average, aspect kept), so a clip's
+    memory is bounded by what the model will see, not by the source resolution (an 8K clip would need 21 GB).
+    With `frame_transform` (an (H, W, 3) uint8 frame -> an array, e.g. a model's resize and crop), each kept frame
+    is transformed as soon as it is decoded (once, also when the fps selection repeats it) and the clip is only
+    ever held at the transform's output size; the result stacks the transformed frames.
     """
+    def rgb(frame) -> np.ndarray:
+        short = min(frame.width, frame.height)
+        if max_short_side is not None and short > max_short_side:
+            scale = max_short_side / short
+            return frame.reformat(width=max(1, round(frame.width * scale)), height=max(1, round(frame.height * scale)),
+                                  format="rgb24", interpolation="AREA").to_ndarray()
+        return frame.to_ndarray(format="rgb24")
+
+    def to_rgb(frame) -> np.ndarray:
+        return rgb(frame) if frame_transform is None else frame_transform(rgb(frame))
+
     with _open_container(path) as container:
         if not container.streams.video:
             raise BadClip(f"{path}: no video track")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         if fps is None:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = [to_rgb(f) for f in container.decode(stream)]
         else:
-            frames = _frames_at_fps(container, stream, Fraction(str(fps)))
+            frames = _frames_at_fps(container, stream, Fraction(str(fps)), to_rgb)
     if not frames:
         raise BadClip(f"{path}: no decodable video frames")
     return np.stack(frames)
 
 
-def _frames_at_fps(container, stream, fps: Fraction) -> list[np.ndarray]:
+def _frames_at_fps(container, stream, fps: Fraction, to_rgb) -> list[np.ndarray]:
     tb = Fraction(stream.time_base.numerator, stream.time_base.denominator)
     default_dur = 1 / Fraction(stream.average_rate) if stream.average_rate else None
     out: list[np.ndarray] = []
@@ -306,7 +363,7 @@ def _frames_at_fps(container, stream, fps: Fraction) -> list[np.ndarray]:
         if held is not None:
             image = None
             while next_slot < slot:
-                image = image if image is not None else held.to_ndarray(format="rgb24")
+                image = image if image is not None else to_rgb(held)
                 out.append(image)
                 next_slot += 1
         held = frame
@@ -315,7 +372,7 @@ def _frames_at_fps(container, stream, fps: Fraction) -> list[np.ndarray]:
         end_slot = _round_near(held_end * fps)
         image = None
         while next_slot < end_slot:
-            image = image if image is not None else held.to_ndarray(format="rgb24")
+            image = image if image is not None else to_rgb(held)
             out.append(image)
             next_slot += 1
     return out

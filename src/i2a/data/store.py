@@ -100,6 +100,16 @@ class ShardedArray:
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return np.array(self.arrays[shard][index - self.offsets[shard]])
 
+    def rows(self, index: int, within: np.ndarray) -> np.ndarray:
+        """Row `index` restricted to positions `within` of its first axis (e.g. the S frames a run uses), read
+        from the memory map without copying the rest of the row."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return np.array(self.arrays[shard][index - self.offsets[shard], within])
+
     def to_array(self) -> np.ndarray:
         """Everything in memory: only for small splits (the demo, the 768 validation clips)."""
         return np.concatenate([np.asarray(a) for a in self.arrays], axis=0)

@@ -78,6 +78,20 @@ def _envelope(t: np.ndarray, onsets: np.ndarray, decay: float) -> np.ndarray:
     return np.where(dt >= 0, np.exp(-np.clip(dt, 0, None) / decay), 0.0).sum(0)
 
 
+def _band_noise(rng: np.random.Generator, n: int, sample_rate: int, centre_hz: float, bins: float = 4.0) -> np.ndarray:
+    """Unit-RMS noise whose spectrum is a Gaussian around centre_hz on the mel scale, `bins` of the 80 mel bins
+    (125-7600 Hz) wide (one std): the same height in the spectrogram for every class, and wide enough at low
+    pitches that its loudness is steady over a video frame."""
+    import librosa
+
+    spectrum = np.fft.rfft(rng.normal(0, 1, n))
+    mel = librosa.hz_to_mel(np.fft.rfftfreq(n, 1 / sample_rate))
+    step = (librosa.hz_to_mel(7600.0) - librosa.hz_to_mel(125.0)) / 80
+    distance = (mel - librosa.hz_to_mel(centre_hz)) / (bins * step)
+    shaped = np.fft.irfft(spectrum * np.exp(-0.5 * distance**2), n)
+    return shaped / max(float(np.sqrt(np.mean(shaped**2))), 1e-9)
+
+
 def render_clip(cls: ToyClass, rng: np.random.Generator, seconds: float, fps: float, sample_rate: int,
                 size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(frames (T, H, W, 3) uint8, mono float32 audio) of one clip."""
@@ -102,15 +116,20 @@ def render_clip(cls: ToyClass, rng: np.random.Generator, seconds: float, fps: fl
     frames = background + texture + (level[:, None, None, None] * mask[None, :, :, None]) * (colour - background)
     frames = np.clip(frames, 0, 255).astype(np.uint8)
 
-    # audio: tone bursts at the class pitch (harmonics 1..3) with a little noise, same envelope
+    # audio: bursts of the class's own sound, same envelope: its pitch (harmonics 1..3) inside a band of noise
+    # around it, about ten mel bins wide. The band is what a small codebook keeps (a 50-token grid of 32 codes blurs
+    # away thin harmonic lines and noise texture), so the class survives into the reconstructions the evaluator
+    # judges. The broadband floor is faint, so that silence is close to the spectrogram's floor: a noise texture
+    # there would be most of what a codebook of a few dozen codes is asked to reconstruct, and it cannot.
     t = np.arange(n_samples) / sample_rate
     f0 = cls.pitch_hz * rng.uniform(0.97, 1.03)
     phases = rng.uniform(0, 2 * np.pi, 3)
     tone = sum(a * np.sin(2 * np.pi * k * f0 * t + p) for k, a, p in zip((1, 2, 3), (1.0, 0.5, 0.25), phases))
+    band = _band_noise(rng, n_samples, sample_rate, f0)
     env = _envelope(t, onsets, DECAY_S * rng.uniform(0.8, 1.2))
     noise = rng.normal(0, 1, n_samples)
-    hum = 0.04 * rng.uniform(0.7, 1.0)  # the class tone never stops, so every stretch of a clip has its pitch
-    audio = (0.35 * rng.uniform(0.7, 1.0) * env + hum) * (tone + 0.1 * noise) + 0.003 * noise
+    hum = 0.04 * rng.uniform(0.7, 1.0)  # the class sound never stops, so every stretch of a clip has its pitch
+    audio = 0.35 * rng.uniform(0.7, 1.0) * env * (0.8 * tone + 0.3 * band) + hum * tone + 0.0003 * noise
     return frames, np.clip(audio, -1, 1).astype(np.float32)
 
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from i2a.atomic import atomic_path, write_text
-from i2a.evaluation.metrics import METRICS, bootstrap_ci, inception_score, kid, mean_over_seeds, seed_spread
+from i2a.evaluation.metrics import inception_score, kid, score_with_uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +27,51 @@ def load_evaluator(melception_ckpt: str | Path, stats: str | Path | None = None,
     return model, mel_stats
 
 
-def score_reference(valid_shards: Sequence[str | Path], melception_ckpt: str | Path, stats: str | Path | None,
-                    crop_frames: int, out: str | Path, device=None) -> None:
-    """Melception outputs of the real validation spectrograms (npz: clips, classes, '2048', logits, ...)."""
-    from i2a.data.clips import split_clips, split_mels
+def class_agreement(logits: np.ndarray, class_names: Sequence[str] | None, video_classes: Sequence[str]) -> float | None:
+    """Fraction of (V, N, C) logits whose top class is their video's class; None when the evaluator does not know
+    the dataset's classes (the released Melception classifies VGGSound's 309)."""
+    if class_names is None or not set(video_classes) <= set(class_names):
+        return None
+    predicted = np.asarray(class_names)[np.asarray(logits).argmax(-1)]
+    return float((predicted == np.asarray(video_classes)[:, None]).mean())
+
+
+def evaluator_outputs(model, mels, stats, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Melception outputs of (N, n_mels, T) mels (a memory map is fine), `chunk` of them in memory at a time."""
     from i2a.models.melception import melception_outputs
+
+    parts = [melception_outputs(model, np.asarray(mels[i:i + chunk], dtype=np.float32), stats)
+             for i in range(0, len(mels), chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def score_reference(valid_shards: Sequence[str | Path], melception_ckpt: str | Path, stats: str | Path | None,
+                    crop_frames: int, out: str | Path, evaluator_out: str | Path, device=None) -> None:
+    """Melception outputs of the real validation spectrograms (npz: clips, classes, '2048', logits, ...), and
+    evaluator.json: how often the evaluator recognises the real clips' classes."""
+    from i2a.data.clips import split_clips, split_mels
 
     model, mel_stats = load_evaluator(melception_ckpt, stats, device)
     clips = split_clips(valid_shards)
-    outputs = melception_outputs(model, split_mels(valid_shards, crop_frames), mel_stats)
+    outputs = evaluator_outputs(model, split_mels(valid_shards, crop_frames), mel_stats)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, clips=np.array(list(clips["clip"]), dtype=str), classes=np.array(list(clips["class"]), dtype=str),
                  **outputs)
-    log.info("reference: %d real clips", len(clips))
+    accuracy = class_agreement(outputs["logits"][:, None], model.class_names, list(clips["class"]))
+    write_text(evaluator_out, json.dumps({"real_clips": len(clips), "real_acc": accuracy,
+                                          "classes": model.class_names}, indent=2))
+    log.info("reference: %d real clips%s", len(clips),
+             "" if accuracy is None else f", recognised {100 * accuracy:.1f}% by the evaluator")
 
 
 def score_samples(mels_path: str | Path, names_path: str | Path, reference_path: str | Path,
                   melception_ckpt: str | Path, stats: str | Path | None, seeds: int, n_boot: int, seed: int,
-                  out: str | Path, device=None) -> dict:
-    """FID and MKL of a run's samples against the shared real reference, each the mean over sampling seeds of the
-    paper's protocol with a 95% bootstrap interval over videos and the spread over seeds; ISc and KID on all
-    samples. Writes scores.json and returns it."""
-    from i2a.models.melception import melception_outputs
-
+                  out: str | Path, outputs_out: str | Path | None = None, device=None) -> dict:
+    """FID and MKL of a set of samples (a run's, a control's, the codebook's reconstructions) against the shared
+    real reference, each the mean over sampling seeds of the paper's protocol with a 95% bootstrap interval over
+    videos and the spread over seeds; ISc and KID on all samples; the share of samples the evaluator recognises
+    as their video's class. Writes scores.json (returned) and, for paired comparisons, the samples' Melception
+    outputs (outputs_out: '2048' and 'logits' as (V, R, K, ...)). Mels are streamed through Melception."""
     model, mel_stats = load_evaluator(melception_ckpt, stats, device)
     reference = np.load(reference_path)
     videos = Path(names_path).read_text().splitlines()
@@ -61,21 +83,42 @@ def score_samples(mels_path: str | Path, names_path: str | Path, reference_path:
     if RK % R:
         raise ValueError(f"{RK} samples per video do not split into {R} sampling seeds")
     K = RK // R
-    fake = melception_outputs(model, np.asarray(mels, dtype=np.float32).reshape(V * RK, *mels.shape[2:]), mel_stats)
+    fake = evaluator_outputs(model, mels.reshape(V * RK, *mels.shape[2:]), mel_stats)
     fake = {k: v.reshape(V, R, K, -1) for k, v in fake.items()}
+    if outputs_out is not None:
+        with atomic_path(outputs_out) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **{"2048": fake["2048"], "logits": fake["logits"]})
     scores = {"n_videos": V, "samples_per_video": K, "n_seeds": R}
     for name, key in (("fid", "2048"), ("mkl", "logits")):
-        point, low, high = bootstrap_ci(fake[key], reference[key], mean_over_seeds(name), n_boot=n_boot, seed=seed)
-        per_seed = [METRICS[name](fake[key][:, r], reference[key]) for r in range(R)]
-        _, seed_sd = seed_spread(per_seed)
-        scores[name] = {"value": point, "low": low, "high": high, "per_seed": per_seed, "seed_sd": seed_sd}
-    fake = {k: v.reshape(V * R * K, -1) for k, v in fake.items()}
-    isc_mean, isc_std = inception_score(fake["logits_unbiased"], splits=min(10, len(fake["logits_unbiased"])))
-    kid_mean, kid_std = kid(fake["2048"], reference["2048"])
+        scores[name] = score_with_uncertainty(fake[key], reference[key], name, n_boot=n_boot, seed=seed)
+    flat = {k: v.reshape(V * R * K, -1) for k, v in fake.items()}
+    isc_mean, isc_std = inception_score(flat["logits_unbiased"], splits=min(10, len(flat["logits_unbiased"])))
+    kid_mean, kid_std = kid(flat["2048"], reference["2048"])
     scores["isc"] = {"value": isc_mean, "std": isc_std}
     scores["kid"] = {"value": kid_mean, "std": kid_std}
+    scores["class_acc"] = class_agreement(fake["logits"].reshape(V, R * K, -1), model.class_names,
+                                          list(reference["classes"]))
     write_text(out, json.dumps(scores, indent=2, allow_nan=True))
-    log.info("FID %.2f [%.2f, %.2f]  MKL %.3f [%.3f, %.3f]  (%d videos x %d seeds x %d samples)",
+    log.info("FID %.2f [%.2f, %.2f]  MKL %.3f [%.3f, %.3f]  (%d videos x %d seeds x %d samples)%s",
              scores["fid"]["value"], scores["fid"]["low"], scores["fid"]["high"], scores["mkl"]["value"],
-             scores["mkl"]["low"], scores["mkl"]["high"], V, R, K)
+             scores["mkl"]["low"], scores["mkl"]["high"], V, R, K,
+             "" if scores["class_acc"] is None else f"; {100 * scores['class_acc']:.0f}% recognised as their class")
     return scores
+
+
+def compare_with_baseline(outputs: str | Path, baseline_outputs: str | Path, reference: str | Path,
+                          baseline: str, n_boot: int, seed: int, out: str | Path) -> dict:
+    """A row against the baseline run on the same validation videos: dKL and dFID (row minus baseline), each with
+    a paired bootstrap 95% interval that resamples the videos jointly for both (see paired_bootstrap)."""
+    from i2a.evaluation.metrics import paired_bootstrap
+
+    row, base, real = np.load(outputs), np.load(baseline_outputs), np.load(reference)
+    result = {"baseline": baseline}
+    for name, key, metric in (("dKL", "logits", "mkl"), ("dFID", "2048", "fid")):
+        value, low, high = paired_bootstrap(row[key], base[key], real[key], metric, n_boot=n_boot, seed=seed)
+        result[name] = {"value": value, "low": low, "high": high}
+    write_text(out, json.dumps(result, indent=2, allow_nan=True))
+    log.info("against %s: dKL %+.3f [%+.3f, %+.3f], dFID %+.2f [%+.2f, %+.2f]", baseline, result["dKL"]["value"],
+             result["dKL"]["low"], result["dKL"]["high"], result["dFID"]["value"], result["dFID"]["low"],
+             result["dFID"]["high"])
+    return result

@@ -1,6 +1,9 @@
 """The study's table (SPEC section 9): one row per run, hyperparameters, curve summary, KL and FID.
 
-Column names are the config's (`layers`, `heads`, `embed`, `dropout`, `weight_decay`, `batch`, `gpus`).
+Column names are the config's (`layers`, `heads`, `embed`, `dropout`, `weight_decay`, `batch`, `gpus`). A row
+of a released transformer carries the published numbers beside the measured ones (`published_KL`,
+`published_FID`, from i2a.models.released), and every row says which inputs it was computed on (`inputs`:
+derived here, or the authors' precomputed mels and features).
 """
 from __future__ import annotations
 
@@ -12,13 +15,21 @@ import pandas as pd
 
 from i2a.atomic import atomic_path
 from i2a.features.registry import display_name
+from i2a.models.released import released as released_file
 from i2a.runspec import RunSpec
+from i2a.training.curves import curve_summary
 
 SCHEDULER_NAMES = {"none": "none", "plateau": "ReduceLROnPlateau", "cosine": "CosineAnnealing"}
 
-COLUMNS = ["run", "features", "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "weight_decay",
-           "epochs", "overfit", "KL", "KL_low", "KL_high", "KL_seed_sd", "FID", "FID_low", "FID_high", "FID_seed_sd",
-           "videos", "samples_per_video", "seeds", "train_clips", "train_skipped", "valid_clips", "valid_skipped"]
+# the scores first, so they are not the columns that fall off a screen; then what made them
+COLUMNS = ["run", "kind", "features", "KL", "KL_low", "KL_high", "published_KL", "dKL", "dKL_low", "dKL_high", "FID",
+           "FID_low", "FID_high", "published_FID", "dFID", "dFID_low", "dFID_high", "ISc", "KID", "class_acc",
+           "probe_acc", "inputs", "feat_sample_size", "feature_norm", "scheduler", "batch", "gpus", "layers", "heads",
+           "embed", "dropout", "weight_decay", "precision", "epochs", "overfit", "KL_seed_sd", "FID_seed_sd", "videos",
+           "samples_per_video", "seeds", "baseline", "train_clips", "train_skipped", "valid_clips", "valid_skipped"]
+# `inputs`: where the mels and features came from (vas.source)
+INPUTS = {"download": "derived", "local": "derived", "authors": "authors"}
+KINDS = {"run": "run", "control": "control: features of another video", "ceiling": "ceiling: codebook reconstruction"}
 
 
 def clip_counts(manifests: list[pd.DataFrame], clip_table: pd.DataFrame) -> dict[str, int]:
@@ -31,43 +42,83 @@ def clip_counts(manifests: list[pd.DataFrame], clip_table: pd.DataFrame) -> dict
     return counts
 
 
-def table_row(spec: RunSpec, scores: dict, training: dict | None, counts: dict[str, int]) -> dict:
+def score_columns(scores: dict, comparison: dict | None) -> dict:
+    """The row's scores: MKL and FID with intervals, the paired differences to the baseline, ISc, KID."""
+    row = {"KL": scores["mkl"]["value"], "KL_low": scores["mkl"]["low"], "KL_high": scores["mkl"]["high"],
+           "KL_seed_sd": scores["mkl"].get("seed_sd"),
+           "FID": scores["fid"]["value"], "FID_low": scores["fid"]["low"], "FID_high": scores["fid"]["high"],
+           "FID_seed_sd": scores["fid"].get("seed_sd"),
+           "ISc": scores.get("isc", {}).get("value"), "KID": scores.get("kid", {}).get("value"),
+           "class_acc": scores.get("class_acc"),
+           "videos": scores["n_videos"], "samples_per_video": scores["samples_per_video"], "seeds": scores["n_seeds"]}
+    if comparison is not None:
+        for name in ("dKL", "dFID"):
+            row.update({name: comparison[name]["value"], f"{name}_low": comparison[name]["low"],
+                        f"{name}_high": comparison[name]["high"]})
+        row["baseline"] = comparison["baseline"]
+    return row
+
+
+def run_columns(spec: RunSpec, training: dict | None, probe: dict | None) -> dict:
+    """What made a run's row: its settings (the config's names), its training curve (`curve_summary`: the best
+    epoch, counted here from 1, and whether it overfit), its features' probe; for a released transformer, what
+    the paper reports for it."""
     released = spec.source == "released"
+    published = released_file(spec.released).published if released else None
     return {
-        "run": spec.name,
-        "features": display_name(spec.features),
+        "published_KL": None if published is None else published.KL,
+        "published_FID": None if published is None else published.FID,
+        "precision": None if released else spec.train.precision,
+        "features": display_name(spec.features), "probe_acc": None if probe is None else probe["probe_acc"],
+        "feat_sample_size": spec.feat_sample_size, "feature_norm": spec.feature_norm,
         "scheduler": SCHEDULER_NAMES[spec.train.scheduler],
         "batch": spec.train.batch, "gpus": spec.train.gpus, "layers": spec.model.layers, "heads": spec.model.heads,
         "embed": spec.model.embed, "dropout": spec.model.dropout, "weight_decay": spec.train.weight_decay,
-        "epochs": None if released else training["best_epoch"],
+        "epochs": None if released else training["best_epoch"] + 1,
         "overfit": None if released else training["overfit"],
-        "KL": scores["mkl"]["value"], "KL_low": scores["mkl"]["low"], "KL_high": scores["mkl"]["high"],
-        "KL_seed_sd": scores["mkl"].get("seed_sd"),
-        "FID": scores["fid"]["value"], "FID_low": scores["fid"]["low"], "FID_high": scores["fid"]["high"],
-        "FID_seed_sd": scores["fid"].get("seed_sd"),
-        "videos": scores["n_videos"], "samples_per_video": scores["samples_per_video"], "seeds": scores["n_seeds"],
-        **counts,
     }
 
 
-def build_table(specs: Sequence[RunSpec], score_files: dict[str, Path], training_files: dict[str, Path],
-                counts: dict[str, int]) -> pd.DataFrame:
-    rows = []
-    for spec in specs:
-        scores = json.loads(Path(score_files[spec.name]).read_text())
-        training = json.loads(Path(training_files[spec.name]).read_text()) if spec.name in training_files else None
-        rows.append(table_row(spec, scores, training, counts))
-    return pd.DataFrame(rows, columns=COLUMNS)
+
+def _read(path) -> dict | None:
+    return None if path is None else json.loads(Path(path).read_text())
 
 
-def write_table(runs: Sequence[dict], score_files: Sequence[str], training_files: Sequence[str],
-                manifests: Sequence[str], clips_tsv: str | Path, out: str | Path) -> pd.DataFrame:
-    """The workflow's aggregate_table job: every run's row from its scores.json and train.json."""
+def build_table(specs: Sequence[RunSpec], rows: dict[str, str], results: str | Path, counts: dict[str, int],
+                baseline: str | None, probes: dict[str, Path], inputs: str = "derived", overfit_margin: float = 0.01,
+                overfit_patience: int = 2) -> pd.DataFrame:
+    """One row per entry of `rows` ({row name: its folder under `results`}): runs, controls, the ceiling. A
+    trained run's curve is read from its metrics.csv and summarised with the overfit margin and patience."""
+    results, by_name = Path(results), {spec.name: spec for spec in specs}
+    table = []
+    for name, folder in rows.items():
+        scores = _read(results / folder / "scores.json")
+        comparison = None if name == baseline or baseline is None else _read(results / folder / "comparison.json")
+        if name == "reconstruction":
+            row = {"run": name, "kind": KINDS["ceiling"], "features": "codebook"}
+        else:
+            spec = by_name[name.removesuffix("+shuffled")]
+            training = (curve_summary(results / "runs" / spec.name / "metrics.csv", overfit_margin, overfit_patience)
+                        if spec.source == "train" else None)
+            row = {"run": name, "kind": KINDS["control" if name.endswith("+shuffled") else "run"],
+                   **run_columns(spec, training, _read(probes.get(spec.features)))}
+        table.append({**row, "inputs": inputs, **score_columns(scores, comparison), **counts})
+    return pd.DataFrame(table, columns=COLUMNS)
+
+
+def write_table(runs: Sequence[dict], rows: dict[str, str], baseline: str | None, results: str | Path,
+                probe_files: Sequence[str], manifests: Sequence[str], clips_tsv: str | Path,
+                out: str | Path, inputs: str = "derived", settings: dict | None = None) -> pd.DataFrame:
+    """The workflow's aggregate_table job: every row's scores, its comparison with the baseline, its run's
+    settings and training summary, and its backbone's probe. `settings`: the config's `table` section."""
     from i2a.data.clips import Shard, read_clip_table
 
     counts = clip_counts([Shard(d).table for d in manifests], read_clip_table(clips_tsv))
-    table = build_table([RunSpec.from_dict(r) for r in runs], {Path(p).parent.name: p for p in score_files},
-                        {Path(p).parent.name: p for p in training_files}, counts)
+    probes = {Path(p).parent.name: Path(p) for p in probe_files}
+    settings = settings or {}
+    table = build_table([RunSpec.from_dict(r) for r in runs], rows, results, counts, baseline, probes, inputs=inputs,
+                        overfit_margin=settings.get("overfit_margin", 0.01),
+                        overfit_patience=settings.get("overfit_patience", 2))
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4g")
     return table

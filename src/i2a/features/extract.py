@@ -3,8 +3,12 @@
 Differences from video_features that change no result (beyond float rounding): no temporary re-encode (the
 frames come straight from the decoder), transforms on whole uint8 clips instead of per-frame PIL calls (same
 pixels), only the frames that survive the 215-pad / 212-crop are encoded, decoding of the next clips overlaps
-inference of the current one, BatchNorm folded into the convolutions, channels_last, inference_mode, and bf16
-autocast on CUDA.
+inference of the current one, BatchNorm folded into the convolutions, channels_last, inference_mode.
+
+One choice does change the numbers, and is the config's (`features.precision`): `fp32` computes as video_features
+does; `bf16` runs the backbone under bf16 autocast (on any device), faster on GPUs, with features that differ from
+fp32's (ResNet50 on the VAS sample clips: 0.4% of their mean magnitude on average, up to 6%; README, "Reproducing
+SpecVQGAN's numbers", and benchmarks/feature_precision.py).
 """
 from __future__ import annotations
 
@@ -92,10 +96,17 @@ def keep_freed_memory() -> None:
         pass
 
 
-def _encode(backbone: FrameEncoder, crops: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
-    """uint8 [T,3,S,S] crops -> float32 [T,D]; normalisation happens on the device (4x less to copy)."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def _encode(backbone: FrameEncoder, crops: torch.Tensor, batch_size: int, device: torch.device,
+            precision: str = "fp32") -> np.ndarray:
+    """uint8 [T,3,S,S] crops -> float32 [T,D]; normalisation happens on the device (4x less to copy). `precision`
+    bf16: the backbone under bf16 autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model, out = _inference_model(backbone, device), []
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for i in range(0, len(crops), batch_size):
             x = crops[i:i + batch_size].to(device, non_blocking=True)
             x = backbone.transform.normalize(x).contiguous(memory_format=torch.channels_last)
@@ -106,25 +117,49 @@ def _encode(backbone: FrameEncoder, crops: torch.Tensor, batch_size: int, device
 
 
 def extract_clip_features(backbone: FrameEncoder, frames: np.ndarray | torch.Tensor, batch_size: int = 64,
-                          device: str | torch.device = "cpu") -> np.ndarray:
+                          device: str | torch.device = "cpu", precision: str = "fp32") -> np.ndarray:
     """Features of every frame of one clip: uint8 [T,H,W,3] -> float32 [T, feat_dim]."""
     device = torch.device(device)
     crops = torch.cat([backbone.transform.resize_crop(frames[i:i + batch_size])
                        for i in range(0, len(frames), batch_size)]) if len(frames) else frames
-    return _encode(backbone, crops, batch_size, device)
+    return _encode(backbone, crops, batch_size, device, precision)
+
+
+def frame_resizer(transform) -> Callable[[np.ndarray], np.ndarray]:
+    """One decoded (H, W, 3) uint8 frame -> the model's (crop, crop, 3) uint8 input: the transform's resize and
+    centre crop, the same pixels as resizing the whole clip at once. Given to the decoder, so that a clip is held
+    at the model's input size (215 x 224 x 224 x 3: 32 MB) rather than the source's (a 720p clip: 590 MB)."""
+
+    def resize(frame: np.ndarray) -> np.ndarray:
+        x = transform.resize_crop(torch.from_numpy(frame)[None])[0]  # (3, crop, crop), a view of the resized frame
+        return np.ascontiguousarray(x.permute(1, 2, 0).numpy())  # a copy: the full resized frame is let go
+
+    return resize
+
+
+def frame_reader(transform, fps: float | None = 21.5) -> Callable[[str | Path], np.ndarray]:
+    """The extraction's decoder: a clip's frames at `fps` as (T, crop, crop, 3) uint8, each resized and cropped
+    (`frame_resizer`) as soon as it is decoded; frames with a shorter side over 4x the resize are first scaled down
+    by the decoder."""
+    return functools.partial(media.read_video_frames, fps=fps, max_short_side=4 * transform.resize,
+                             frame_transform=frame_resizer(transform))
 
 
 def _clip_crops(path: str | Path, transform, total: int, crop: int,
-                read_frames: Callable[[str | Path], np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
-    """Decode one clip; uint8 crops of only the frames the padded/cropped sequence uses, and where each goes."""
+                read_frames: Callable[[str | Path], np.ndarray],
+                cropped: bool = False) -> tuple[torch.Tensor | None, np.ndarray | str]:
+    """Decode one clip: uint8 crops of only the frames the padded/cropped sequence uses, and where each goes; or
+    (None, reason) when the clip cannot be read, so that one bad clip never fails its shard. `cropped`: the
+    reader already returns the model's (crop, crop, 3) frames (`frame_resizer`)."""
     try:
         frames = read_frames(path)
         if len(frames) == 0:
-            raise ValueError("no frames")
+            raise ValueError("no video frames")
         used, inverse = np.unique(pad_and_crop_indices(len(frames), total, crop), return_inverse=True)
-        crops = transform.resize_crop(torch.from_numpy(np.ascontiguousarray(frames[used])))
-    except Exception as err:
-        raise RuntimeError(f"{path}: cannot read frames for feature extraction: {err}") from err
+        x = torch.from_numpy(np.ascontiguousarray(frames[used]))
+        crops = x.permute(0, 3, 1, 2) if cropped else transform.resize_crop(x)
+    except Exception as err:  # noqa: BLE001 - any failure is this clip's, recorded with its reason
+        return None, " ".join(f"{type(err).__name__}: {err}".split())[:300]
     return crops, inverse
 
 
@@ -143,38 +178,66 @@ def _prefetched(fn: Callable, items: Sequence, workers: int, ahead: int) -> Iter
 def extract_features(backbone: FrameEncoder, video_paths: Sequence[str | Path], out_npy: str | Path,
                      total: int = 215, crop: int = 212, dtype: str = "float32", batch_size: int = 64,
                      num_workers: int = 2, device: str | torch.device = "cpu", fps: float | None = 21.5,
-                     read_frames: Callable[[str | Path], np.ndarray] | None = None) -> np.ndarray:
+                     read_frames: Callable[[str | Path], np.ndarray] | None = None,
+                     failures: dict[int, str] | None = None, precision: str = "fp32") -> np.ndarray:
     """Features of clips, padded/cropped like SpecVQGAN's loader, saved atomically as [N, crop, D].
 
-    Rows follow `video_paths`; a clip that cannot be decoded stops the run with its path (clips are vetted
-    when the dataset is prepared). Frames are taken at `fps` (None: every decoded frame) by
+    Rows follow `video_paths`; a clip that cannot be decoded gets a row of NaN and its reason in `failures`
+    ({row: reason}; clips were vetted when the dataset was prepared, so this is rare), and the rest go on. Frames are taken at `fps` (None: every decoded frame) by
     `i2a.data.media.read_video_frames`, or by `read_frames`, in `num_workers` background threads (0: inline).
     Rows are streamed to disk, so memory does not grow with the number of clips. Returns the file, memory-mapped.
     """
     device = torch.device(device)
     if device.type == "cpu":
         keep_freed_memory()
-    read_frames = read_frames or functools.partial(media.read_video_frames, fps=fps)
+    # each frame is resized and cropped to the model's input as it is decoded (in the decode thread), so a clip in
+    # flight is held at 224 x 224, not at the source size; frames far larger than needed are first scaled down by
+    # the decoder itself
+    cropped = read_frames is None
+    read_frames = read_frames or frame_reader(backbone.transform, fps)
+    failures = {} if failures is None else failures
     paths = list(video_paths)
-    log.info("%s features of %d clips -> %s (%s, %d decode threads)", backbone.name, len(paths), out_npy, device,
-             num_workers)
-    decode = functools.partial(_clip_crops, transform=backbone.transform, total=total, crop=crop,
-                               read_frames=read_frames)
-    start, n_frames = time.perf_counter(), 0
+    log.info("%s features of %d clips -> %s (%s, %s, stored as %s, %d decode threads)", backbone.name, len(paths),
+             out_npy, device, precision, dtype, num_workers)
+    clip_crops = functools.partial(_clip_crops, transform=backbone.transform, total=total, crop=crop,
+                                   read_frames=read_frames, cropped=cropped)
+    decode_seconds: list[float] = []  # per clip, in whichever thread decoded it
+
+    def decode(path):
+        t0 = time.perf_counter()
+        result = clip_crops(path)
+        decode_seconds.append(time.perf_counter() - t0)  # list.append is atomic under the GIL
+        return result
+
+    start, n_frames, waited = time.perf_counter(), 0, 0.0
     clips = _prefetched(decode, paths, num_workers, ahead=2 * max(num_workers, 1))
     with NpyRowWriter(out_npy, (crop, backbone.feat_dim), dtype) as out:
-        for crops, inverse in tqdm(clips, total=len(paths), desc=f"features {backbone.name}", unit="clip",
-                                   mininterval=10):
-            out.append(_encode(backbone, crops, batch_size, device)[inverse])
+        for row, (crops, inverse) in enumerate(tqdm(clips, total=len(paths), desc=f"features {backbone.name}",
+                                                    unit="clip", mininterval=10)):
+            if crops is None:
+                failures[row] = inverse
+                log.warning("%s: no features (%s); its row is NaN and the clip is left out downstream",
+                            paths[row], inverse)
+                out.append(np.full((crop, backbone.feat_dim), np.nan, np.float32))
+                continue
+            t0 = time.perf_counter()
+            out.append(_encode(backbone, crops, batch_size, device, precision)[inverse])
+            waited -= time.perf_counter() - t0  # below: the loop's time minus encoding = time spent waiting
             n_frames += len(crops)
     elapsed = time.perf_counter() - start
+    waited += elapsed
     log.info("%s: %d clips, %d frames encoded in %.1f s (%.1f frames/s)", backbone.name, len(paths), n_frames,
              elapsed, n_frames / max(elapsed, 1e-9))
+    if decode_seconds and n_frames:
+        # what sizes `threads` for a GPU job: the encoder is starved when it waits for decoding most of the time
+        log.info("decode + resize: %.1f frames/s per decode thread (%.2f s per clip), %d threads; the encoder "
+                 "waited for frames %.0f%% of the time", n_frames / sum(decode_seconds),
+                 sum(decode_seconds) / len(decode_seconds), num_workers, 100 * waited / max(elapsed, 1e-9))
     return np.load(out_npy, mmap_mode="r")
 
 
 def extract_shard(name: str, settings: dict, frames: dict, dtype: str, shard_dir: str | Path, features_out: str | Path,
-                  index_out: str | Path, workers: int = 2, device=None) -> None:
+                  index_out: str | Path, workers: int = 2, device=None, precision: str = "fp32") -> None:
     """The workflow's extract_features job: (clips, feat_crop, D) features of one shard's videos at frames['fps'],
     padded by tiling and centre-cropped, and an index of the clips (row i of the .npy is the index's row i)."""
     from i2a.data.clips import Shard, write_tsv
@@ -184,8 +247,12 @@ def extract_shard(name: str, settings: dict, frames: dict, dtype: str, shard_dir
     encoder = build_backbone(name, weights=settings["weights"], cache_dir="resources/weights",
                              image_size=settings["image_size"])
     shard = Shard(shard_dir)
+    failures: dict[int, str] = {}
     extract_features(encoder, shard.video_paths(), features_out, fps=frames["fps"], total=frames["total"],
                      crop=frames["crop"], dtype=dtype, batch_size=settings["batch_size"], num_workers=workers,
-                     device=pick_device(device))
-    write_tsv(shard.ok[["clip", "class"]], index_out)
+                     device=pick_device(device), failures=failures, precision=precision)
+    index = shard.ok[["clip", "class"]].copy()
+    index["status"] = ["failed" if i in failures else "ok" for i in range(len(index))]
+    index["reason"] = [failures.get(i, "") for i in range(len(index))]
+    write_tsv(index, index_out)
     log.info("%d clips -> %s", len(shard.clips), features_out)

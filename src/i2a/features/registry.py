@@ -8,6 +8,7 @@ reads it without importing torch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +19,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+MAX_ASPECT = 4.0  # frames wider (or taller) than this are centre-cut to it before resizing (identical output below)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,12 @@ class FrameTransform:
             x = x.permute(0, 3, 1, 2)  # a channels_last view: no copy
         elif x.shape[1] != 3:
             raise ValueError(f"expected 3 colour channels first or last, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if max(h, w) > MAX_ASPECT * min(h, w):
+            # A 4 x 2048 frame resized to a shorter side of 256 would be 256 x 131072 pixels (21 GB for a clip);
+            # the centre crop only ever sees the middle, so cut the long side to MAX_ASPECT x the short side first.
+            keep = math.ceil(MAX_ASPECT * min(h, w))
+            x = TF.center_crop(x, [min(h, keep), min(w, keep)])
         x = TF.resize(x, [self.resize], interpolation=InterpolationMode(self.interpolation), antialias=True)
         return TF.center_crop(x, [self.crop, self.crop])
 

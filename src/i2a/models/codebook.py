@@ -454,12 +454,29 @@ def decode_tokens(model: VQModel, tokens, batch_size: int = 32, clip: bool = Fal
     return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
 
 
-def codebook_fingerprint(path: str | Path) -> dict[str, Any]:
-    """What identifies the codebook a transformer was trained on: its file's content digest and token grid."""
+def codebook_fingerprint(path: str | Path, cfg: VQGANConfig | None = None) -> dict[str, Any]:
+    """What identifies the codebook a transformer was trained on: its file's content digest and token grid.
+    `cfg`: the file's config when the caller has loaded it already (saves loading it again)."""
     from i2a.checksum import content_digest
 
-    cfg = load_codebook(path).cfg
+    cfg = cfg or load_codebook(path).cfg
     return {"digest": content_digest(path), "n_embed": cfg.n_embed, "columns": cfg.latent_width}
+
+
+def check_codebook(trained_on: dict[str, Any] | None, path: str | Path, cfg: VQGANConfig | None = None,
+                   transformer: str = "the transformer") -> None:
+    """Refuse to decode a transformer's tokens with another codebook than the one it was trained on: token i
+    would stand for another sound. `trained_on` is the checkpoint's fingerprint; None (SpecVQGAN's released
+    files, which carry none) checks nothing."""
+    if trained_on is None:
+        return
+    found = codebook_fingerprint(path, cfg)
+    if {k: trained_on.get(k) for k in found} != found:
+        def describe(fp: dict[str, Any]) -> str:
+            return f"{fp.get('n_embed')} codes x {fp.get('columns')} columns, content {str(fp.get('digest'))[:12]}"
+        raise ValueError(f"{transformer} was trained on another codebook ({describe(trained_on)}) than {path} "
+                         f"({describe(found)}): give the codebook it was trained on, or retrain the transformer on this "
+                         "one (the workflow's train_gpt reruns when the codebook changes)")
 
 
 def encode_shard(codebook_ckpt: str | Path, shard_dir: str | Path, crop_frames: int, out: str | Path,

@@ -5,7 +5,9 @@ columns read this table. Torch-free: planning reads it.
 """
 from __future__ import annotations
 
+import json
 import logging
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,22 @@ class ReleasedFile:
     @property
     def local_path(self) -> str:
         return f"{CACHE_DIR}/{self.name}.{self.suffix}"
+
+    @property
+    def description_path(self) -> str:
+        """Where the fetch job writes what the checkpoint itself says it is (a transformer's shape)."""
+        return f"{CACHE_DIR}/{self.name}.json"
+
+    def shape(self) -> dict[str, object]:
+        """A transformer's features, S, layers, heads and width: what the fetched checkpoint says (its description
+        file, once fetch_checkpoint wrote it), else what this registry says."""
+        shape = {"features": self.features, "feat_sample_size": self.feat_sample_size, "layers": self.layers,
+                 "heads": self.heads, "embed": self.embed}
+        described = Path(self.description_path)
+        if described.is_file():
+            found = json.loads(described.read_text())
+            shape.update({k: found[k] for k in shape if found.get(k) is not None})
+        return shape
 
 
 def _transformer(name: str, stamp: str, md5: str, features: str, S: int, published: Published) -> ReleasedFile:
@@ -95,7 +113,7 @@ def how_to_fetch(name: str) -> str:
 def fetch_released(name: str, dest: str | Path, url: str | None = None) -> Path:
     """The workflow's fetch_checkpoint job: download a released file (resumable, MD5 checked, from `url` if a
     mirror is configured) and put the checkpoint it holds at `dest`."""
-    from i2a.atomic import copy_file
+    from i2a.atomic import copy_file, write_text
     from i2a.download import download, extract_checkpoint, record_or_check_md5
 
     entry, dest = released(name), Path(dest)
@@ -104,9 +122,58 @@ def fetch_released(name: str, dest: str | Path, url: str | None = None) -> Path:
     if not archive.exists():
         download(url, archive, md5=entry.md5)
     md5 = record_or_check_md5(archive, entry.md5)
+    if entry.kind == "transformer":  # the checkpoint must be the model the registry (and so the run) describes
+        found = describe_transformer_archive(archive)
+        if found is not None:
+            check_transformer_shape(entry, found, archive)
+            write_text(dest.with_suffix(".json"), json.dumps(found, indent=2))  # description_path beside the .ckpt
     if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
         extract_checkpoint(archive, dest, entry.member)
     else:
         copy_file(archive, dest)  # streamed: the file can be larger than memory
     logging.getLogger(__name__).info("%s (md5 %s) -> %s", archive, md5, dest)
     return dest
+
+
+VAS_TOKENS = 265  # the VAS codebook's 5 x 53 token grid: block_size = 265 + S
+VAS_CODES = 128  # the VAS codebook's size: the released transformers' vocabulary
+
+
+def describe_transformer_archive(archive: str | Path) -> dict[str, object] | None:
+    """What a released transformer archive says it is, from the SpecVQGAN config inside it
+    (`logs/<name>/configs/*-project.yaml`): features, S, layers, heads, width, vocabulary and block size. None when
+    the archive holds no such config (the checkpoint's weights are still checked against the run when loaded)."""
+    import yaml
+
+    with tarfile.open(archive, "r:*") as tar:
+        for info in tar:
+            if info.isfile() and info.name.endswith("-project.yaml") and "/configs/" in f"/{info.name}":
+                config = yaml.safe_load(tar.extractfile(info))
+                break
+        else:
+            return None
+    try:
+        gpt = config["model"]["params"]["transformer_config"]["params"]["GPT_config"]
+        gpt = {k: int(gpt[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")}
+    except (KeyError, TypeError, ValueError) as error:  # another layout: the weights are still checked when loaded
+        logging.getLogger(__name__).warning("%s: no transformer shape in its config (%s): not checked here",
+                                            archive, error)
+        return None
+    data = (config.get("data") or {}).get("params") or {}
+    S = ((data.get("feat_sampler_cfg") or {}).get("params") or {}).get("feat_sample_size")
+    feats_dir = str(data.get("rgb_feats_dir_path", ""))
+    features = ("none" if data.get("replace_feats_with_random") else "resnet50" if "resnet50" in feats_dir
+                else "bn_inception" if "bninception" in feats_dir else None)
+    return {"features": features, "feat_sample_size": S if S is not None else gpt["block_size"] - VAS_TOKENS,
+            "layers": gpt["n_layer"], "heads": gpt["n_head"], "embed": gpt["n_embd"], "vocab_size": gpt["vocab_size"],
+            "block_size": gpt["block_size"]}
+
+
+def check_transformer_shape(entry: ReleasedFile, found: dict[str, object], where: object = "") -> None:
+    """The registry's description of a released transformer must be what its checkpoint says."""
+    differences = [f"{key}: the checkpoint has {found[key]}, i2a/models/released.py says {getattr(entry, key)}"
+                   for key in ("features", "feat_sample_size", "layers", "heads", "embed")
+                   if found.get(key) is not None and found[key] != getattr(entry, key)]
+    if differences:
+        raise ValueError(f"{where or entry.name}: the released transformer {entry.name} is not the model the registry "
+                         "describes: " + "; ".join(differences))

@@ -208,6 +208,23 @@ def griffin_lim(mels01, spec: MelSpec = MelSpec(), n_iter: int = 32, seed: int |
     return wav.astype(np.float32)
 
 
+VOCODERS = ("melgan", "griffin_lim")
+
+
+def load_vocoder(kind: str, spec: MelSpec, melgan_ckpt: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu"):
+    """The config's `vocoder.kind` as one function, [0, 1] mels [N, n_mels, T] -> waveforms [N, hop * T] at
+    spec.sample_rate, so that callers do not each repeat the choice (MelGAN from its checkpoint, or Griffin-Lim)."""
+    if kind == "griffin_lim":
+        return lambda mels01: griffin_lim(mels01, spec)
+    if kind != "melgan":
+        raise ValueError(f"unknown vocoder {kind!r}: choose one of {', '.join(VOCODERS)}")
+    if melgan_ckpt is None:
+        raise ValueError(f"the MelGAN vocoder needs its checkpoint: {RELEASED_HINT}")
+    generator = load_melgan(melgan_ckpt, device=device)
+    return lambda mels01: vocode(generator, mels01)
+
+
 # -----------------------------------------------------------------------------------------------------------------
 # writing audio
 

@@ -81,15 +81,17 @@ def audio_file_as_ogg(path: str | Path) -> bytes:
 
 @dataclass
 class GalleryEntry:
-    """One validation video of a run's gallery: what it shows, what the model made, and the real sound."""
+    """One validation video of a run's gallery: what it shows, what the model made, and the real sound. Inputs
+    without videos and sounds (the authors' precomputed mels and features: `vas.source: authors`) have no frame
+    and no real sound (None)."""
 
     clip: str
     label: str
     sample: int
-    frame_png: bytes
+    frame_png: bytes | None
     real_mel_png: bytes
     generated_mel_png: bytes
-    real_audio: bytes
+    real_audio: bytes | None
     generated_audio: bytes
 
 
@@ -150,10 +152,10 @@ def collect_gallery(audio_dir: str | Path, mels_path: str | Path, videos_path: s
         real_mel = center_crop(real.mel(), generated_mel.shape[-1])
         entries.append(GalleryEntry(
             clip=clip, label=real.label, sample=sample,
-            frame_png=png_bytes(thumbnail(middle_frame(real.video))),
+            frame_png=png_bytes(thumbnail(middle_frame(real.video))) if real.video.is_file() else None,
             real_mel_png=spectrogram_png(real_mel),
             generated_mel_png=spectrogram_png(generated_mel),
-            real_audio=audio_file_as_ogg(real.wav),
+            real_audio=audio_file_as_ogg(real.wav) if real.wav.is_file() else None,
             generated_audio=audio_file_as_ogg(audio_dir / wav_file),
         ))
     return entries
@@ -164,12 +166,16 @@ def _figure(content: str, caption: str) -> str:
 
 
 def _entry_html(entry: GalleryEntry) -> str:
-    frame = _figure(f'<img class="frame" alt="video frame" src="{data_uri(entry.frame_png, "image/png")}">',
-                    "middle frame of the video")
+    frame = "" if entry.frame_png is None else _figure(
+        f'<img class="frame" alt="video frame" src="{data_uri(entry.frame_png, "image/png")}">',
+        "middle frame of the video")
+    real_audio = "" if entry.real_audio is None else (
+        f'<audio controls preload="auto" class="real" src="{data_uri(entry.real_audio, "audio/ogg")}"></audio>')
     real = _figure(
         f'<img class="spectrogram" alt="real spectrogram" src="{data_uri(entry.real_mel_png, "image/png")}">'
-        f'<audio controls preload="auto" class="real" src="{data_uri(entry.real_audio, "audio/ogg")}"></audio>',
-        "real (spectrogram: the model's centre crop)")
+        + real_audio,
+        "real (spectrogram: the model's centre crop)" + ("" if entry.real_audio is not None else
+                                                          "; no video or sound in these inputs"))
     generated = _figure(
         f'<img class="spectrogram" alt="generated spectrogram" '
         f'src="{data_uri(entry.generated_mel_png, "image/png")}">'

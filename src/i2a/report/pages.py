@@ -9,9 +9,13 @@ import math
 import numpy as np
 import pandas as pd
 
-TABLE_COLUMNS = [("run", "run"), ("features", "features"), ("scheduler", "LR scheduler"), ("batch", "batch"),
-                 ("gpus", "GPUs"), ("layers", "layers"), ("heads", "heads"), ("embed", "embed"),
-                 ("dropout", "dropout"), ("weight_decay", "weight decay"), ("epochs", "epochs"), ("overfit", "overfit?")]
+TABLE_COLUMNS = [("run", "run"), ("published_KL", "published MKL"), ("published_FID", "published FID"),
+                 ("inputs", "inputs"), ("features", "features"), ("feat_sample_size", "S"),
+                 ("feature_norm", "features in"),
+                 ("scheduler", "LR scheduler"), ("batch", "batch"), ("gpus", "GPUs"), ("layers", "layers"),
+                 ("heads", "heads"), ("embed", "embed"), ("dropout", "dropout"), ("weight_decay", "weight decay"),
+                 ("epochs", "epochs"), ("overfit", "overfit?"), ("probe_acc", "probe acc."),
+                 ("class_acc", "samples recognised"), ("ISc", "ISc"), ("KID", "KID")]
 
 PAGE_STYLE = """
 body { font-family: sans-serif; margin: 1em; color: #222; }
@@ -40,8 +44,11 @@ def _cell(value) -> str:
     return html.escape(str(value))
 
 
-def _with_interval(row: pd.Series, metric: str) -> str:
-    text = f"{row[metric]:.3g} [{row[f'{metric}_low']:.3g}, {row[f'{metric}_high']:.3g}]"
+def _with_interval(row: pd.Series, metric: str, signed: bool = False) -> str:
+    if pd.isna(row.get(metric)):
+        return "–"
+    fmt = "+.3g" if signed else ".3g"
+    text = f"{row[metric]:{fmt}} [{row[f'{metric}_low']:{fmt}}, {row[f'{metric}_high']:{fmt}}]"
     seed_sd = row.get(f"{metric}_seed_sd")
     if seed_sd is not None and not pd.isna(seed_sd):
         text += f" ± {seed_sd:.2g}"
@@ -54,20 +61,32 @@ def _page(title: str, body: str) -> str:
 
 
 def table_html(table: pd.DataFrame) -> str:
-    """table.csv as a page: one row per run, hyperparameters, MKL and FID with their 95% intervals."""
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in TABLE_COLUMNS)
-    head += "<th>MKL [95%]</th><th>FID [95%]</th><th>videos × samples × seeds</th>"
+    """table.csv as a page: one row per run, control and the ceiling; the scores first (MKL and FID with their
+    95% intervals, the paired differences to the baseline), then what made them."""
+    score_heads = ["MKL [95%]", "dKL [95%]", "FID [95%]", "dFID [95%]"]
+    head = "<th>run</th>" + "".join(f"<th>{h}</th>" for h in score_heads)
+    head += "".join(f"<th>{html.escape(label)}</th>" for c, label in TABLE_COLUMNS if c != "run")
+    head += "<th>videos × samples × seeds</th>"
     rows = []
     for _, row in table.iterrows():
-        cells = [f'<td class="name">{_cell(row[c])}</td>' if c in ("run", "features", "scheduler")
-                 else f"<td>{_cell(row.get(c))}</td>" for c, _ in TABLE_COLUMNS]
-        cells += [f"<td>{_with_interval(row, 'KL')}</td>", f"<td>{_with_interval(row, 'FID')}</td>",
-                  f"<td>{row['videos']} × {row['samples_per_video']} × {row['seeds']}</td>"]
+        cells = [f'<td class="name">{_cell(row["run"])}</td>', f"<td>{_with_interval(row, 'KL')}</td>",
+                 f"<td>{_with_interval(row, 'dKL', signed=True)}</td>", f"<td>{_with_interval(row, 'FID')}</td>",
+                 f"<td>{_with_interval(row, 'dFID', signed=True)}</td>"]
+        cells += [f'<td class="name">{_cell(row.get(c))}</td>'
+                  if c in ("features", "scheduler", "feature_norm", "inputs")
+                  else f"<td>{_cell(row.get(c))}</td>" for c, _ in TABLE_COLUMNS if c != "run"]
+        cells.append(f"<td>{row['videos']} × {row['samples_per_video']} × {row['seeds']}</td>")
         rows.append(f'<tr data-run="{html.escape(str(row["run"]))}">{"".join(cells)}</tr>')
-    note = ("<p class=\"note\">Melception MKL and FID of the generated validation spectrograms; brackets: 95% "
-            "bootstrap interval over validation videos; ± the standard deviation over sampling seeds where there "
-            "are several. \"epochs\": epoch of the best validation loss; \"overfit?\": validation loss rose after "
-            "it.</p>")
+    baseline = next((b for b in table.get("baseline", pd.Series(dtype=str)).dropna()), None)
+    note = ("<p class=\"note\">Melception MKL and FID of the generated validation spectrograms (lower is better); "
+            "brackets: 95% bootstrap interval over validation videos; ± the standard deviation over sampling seeds "
+            f"where there are several. dKL and dFID: the row minus the baseline{f' ({html.escape(baseline)})' if baseline else ''}, "
+            "paired over the same videos (a row beats the baseline when the whole interval is below 0). Rows "
+            "ending in +shuffled are controls sampled with another video's features; reconstruction is the "
+            "codebook's ceiling. Published MKL/FID: what the paper reports for a released model. Inputs: derived "
+            "(mels and features made here from the videos) or authors (SpecVQGAN's precomputed ones). \"epochs\": "
+            "epoch of the best validation loss, counted from 1; \"overfit?\": validation loss rose more than the "
+            "configured margin above its best and stayed there for the configured number of epochs.</p>")
     body = f'<table id="results">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody>\n</table>"
     return _page("Results", note + "\n" + body)
 

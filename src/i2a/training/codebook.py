@@ -322,7 +322,7 @@ def codebook_summary(checkpoint: dict[str, Any], n_embed: int) -> dict[str, Any]
 
 def train_codebook(train_mels, valid_mels, model_cfg: VQGANConfig, train_cfg: CodebookTrainConfig,
                    out_dir: str | Path, state_dir: str | Path | None = None,
-                   inputs: Sequence[str | Path] = ()) -> Path:
+                   inputs: Sequence[str | Path] = (), callbacks: Sequence[Any] = ()) -> Path:
     """Train a codebook on (N, 80, T) [0, 1] mels (numpy or ShardedArray); returns out_dir/codebook.ckpt.
 
     The checkpoint is the epoch with the lowest validation L1 and carries its config, so `load_codebook(path)`
@@ -343,7 +343,8 @@ def train_codebook(train_mels, valid_mels, model_cfg: VQGANConfig, train_cfg: Co
              len(train_mels), len(valid_mels), train_cfg.learning_rate, train_cfg.max_epochs, train_cfg.disc_start)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        fit(module, state, max_epochs=train_cfg.max_epochs, accelerator=train_cfg.accelerator, log_every=10**9)
+        fit(module, state, max_epochs=train_cfg.max_epochs, accelerator=train_cfg.accelerator, log_every=10**9,
+            callbacks=callbacks)
     best = state.folder / BEST
     if not best.is_file():
         raise RuntimeError(f"training finished without writing {best}")

@@ -11,10 +11,10 @@ drawn from a global RNG stream).
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,57 +25,92 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from i2a.atomic import copy_file, write_text
-from i2a.device import pick_device
 from i2a.models.gpt import CKPT_FORMAT, GPT, sample_frame_indices
 from i2a.runspec import RunSpec
+from i2a.training.curves import curve_summary
 from i2a.training.loop import EpochSampler, TrainingState, fingerprint, fit, metrics_writer, save_best
 
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr")
+# how training batches are read: throughput only (config `loader:`), never a result
+LOADER_DEFAULTS = {"num_workers": 0, "pin_memory": True, "persistent_workers": True}
 
 
 # ------------------------------------------------------------------------------------------------ data
 
 class GPTDataset(Dataset):
-    """(tokens (n_tokens,) int64, feats (D, S) float32) per clip.
+    """(tokens (n_tokens,), feats (S, D)) per clip, as stored (int16 tokens, fp16 or fp32 features).
 
     `tokens` [N, n_tokens] and `feats` [N, crop_len, D] are anything row-indexable (numpy arrays, memory-maps,
-    `i2a.data.store.ShardedArray`); only the rows asked for are read. With `feats=None` and `random_feats_dim=D`
-    the features are U[0, 1) noise, re-drawn for every item each epoch, as SpecVQGAN's no-feats baseline
-    does (`np.random.rand` in place of the loaded features); here the draw is seeded by (seed, epoch, index).
-    Indices may be `(index, epoch)` pairs (from `EpochSampler`) so that workers know the epoch.
+    `i2a.data.store.ShardedArray`); only the S frames asked for are read. Conversion to model inputs (int64, fp32,
+    standardised, transposed to (D, S)) happens after the batch reached the device (`model_inputs`), so a loader
+    worker only gathers rows and ships half as many bytes. With `feats=None` and `random_feats_dim=D` the features
+    are U[0, 1) noise, re-drawn for every item each epoch, as SpecVQGAN's no-feats baseline does (`np.random.rand`
+    in place of the loaded features); here the draw is seeded by (seed, epoch, index). Indices may be
+    `(index, epoch)` pairs (from `EpochSampler`) so that workers know the epoch.
     """
 
     def __init__(self, tokens: Any, feats: Any | None, S: int, random_feats_dim: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, keep: np.ndarray | None = None):
         if (feats is None) == (random_feats_dim is None):
             raise ValueError("give either feats (real features) or random_feats_dim (the no-feats baseline)")
         if feats is not None and len(feats) != len(tokens):
             raise ValueError(f"{len(tokens)} token rows but {len(feats)} feature rows")
         self.tokens, self.feats, self.S = tokens, feats, S
         self.random_feats_dim, self.seed = random_feats_dim, seed
+        self.keep = np.arange(len(tokens)) if keep is None else np.asarray(keep)  # the rows used, in order
         self.n_tokens = int(tokens.shape[1])
         if feats is not None:
             if len(feats.shape) != 3:
                 raise ValueError(f"feats must be [N, crop_len, D], got shape {tuple(feats.shape)}")
-            self.frame_idx = sample_frame_indices(int(feats.shape[1]), S)
+            idx = sample_frame_indices(int(feats.shape[1]), S)
+            # a run of consecutive frames (S = 212: all of them) is read as a slice: one block copy
+            consecutive = np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx)))
+            self.frame_idx = slice(int(idx[0]), int(idx[0]) + len(idx)) if consecutive else idx
             self.feat_dim = int(feats.shape[2])
         else:
             self.feat_dim = int(random_feats_dim)
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.keep)
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, epoch = index if isinstance(index, tuple) else (index, 0)
-        tokens = torch.from_numpy(np.asarray(self.tokens[index], dtype=np.int64))
+        index = int(self.keep[index])
+        tokens = torch.from_numpy(np.asarray(self.tokens[index]))
         if self.feats is None:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            feats = rng.random((self.feat_dim, self.S), dtype=np.float32)
+            feats = np.random.default_rng([self.seed, epoch, index]).random((self.S, self.feat_dim), dtype=np.float32)
+        elif hasattr(self.feats, "rows"):  # a ShardedArray: read only the S frames from the memory map
+            feats = self.feats.rows(index, self.frame_idx)
         else:
-            feats = np.asarray(self.feats[index], dtype=np.float32)[self.frame_idx].T
+            feats = np.asarray(self.feats[index][self.frame_idx])
         return tokens, torch.from_numpy(np.ascontiguousarray(feats))
+
+
+def model_inputs(batch: tuple[torch.Tensor, torch.Tensor], mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stored batch -> the GPT's inputs: tokens int64 (B, T) and features fp32 (B, D, S), standardised per
+    dimension when `mean`/`std` (D,) are given. Runs wherever the batch is (the GPU in training)."""
+    tokens, feats = batch
+    feats = feats.float()
+    if mean is not None:
+        feats = (feats - mean) / std
+    return tokens.long(), feats.transpose(1, 2)
+
+
+def loader_workers(requested: int, processes: int = 1) -> int:
+    """Loader worker processes per training process: `requested` (config `loader.num_workers`), but no more than
+    the CPUs this job may use, shared by its `processes` (one per GPU) with one CPU each for the process itself,
+    and at least one when any were requested. Throughput only: any number gives the same batches."""
+    if requested <= 0:
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(requested, max(1, cpus // max(1, processes) - 1))
+    if workers < requested:
+        log.info("loader: %d worker(s) per training process instead of num_workers %d: %d CPUs for %d process(es)",
+                 workers, requested, cpus, processes)
+    return workers
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -104,15 +139,26 @@ class GPTModule(pl.LightningModule):
     """Net2NetTransformer's training step on precomputed tokens; weights stay under `transformer.*`."""
 
     def __init__(self, spec: RunSpec, train_ds: Dataset, valid_ds: Dataset, state: TrainingState,
-                 codebook: dict[str, Any] | None = None, num_workers: int = 0):
+                 codebook: dict[str, Any] | None = None, feature_stats: dict[str, np.ndarray] | None = None,
+                 loader: dict[str, Any] | None = None):
         super().__init__()
         self.spec, self.train_ds, self.valid_ds, self.state = spec, train_ds, valid_ds, state
-        self.codebook, self.num_workers = codebook, num_workers
+        self.codebook, self.loader = codebook, {**LOADER_DEFAULTS, **(loader or {})}
         self.transformer = GPT(spec.model)
+        if (feature_stats is not None) != (spec.feature_norm == "standard"):
+            raise ValueError(f"run {spec.name}: feature_norm {spec.feature_norm!r} needs feature statistics exactly "
+                             "when it is 'standard'")
+        self.feature_stats = feature_stats
+        for name in ("mean", "std"):  # on the module, so they move to the device with it
+            value = None if feature_stats is None else torch.as_tensor(feature_stats[name], dtype=torch.float32)
+            self.register_buffer(f"feature_{name}", value, persistent=False)
         self.history: list[dict[str, float]] = []
         self.best_val_loss = math.inf
         self.write_metrics = metrics_writer(state.folder / "metrics.csv", METRIC_FIELDS)
         self.register_buffer("_sums", torch.zeros(4, dtype=torch.float64), persistent=False)  # train/val loss x n, n
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return model_inputs(batch, self.feature_mean, self.feature_std)
 
     def _loss(self, batch) -> tuple[torch.Tensor, int]:
         tokens, feats = batch
@@ -165,7 +211,13 @@ class GPTModule(pl.LightningModule):
     def artifact(self, **extra: Any) -> dict[str, Any]:
         """The trained model as a self-describing file: weights, the RunSpec that built it, its codebook."""
         return {"format": CKPT_FORMAT, "run_spec": self.spec.to_dict(), "codebook": self.codebook,
+                "feature_stats": self._stats_for_checkpoint(),
                 "state_dict": {k: v.detach().cpu() for k, v in self.transformer.state_dict().items()}, **extra}
+
+    def _stats_for_checkpoint(self) -> dict[str, torch.Tensor] | None:
+        if self.feature_stats is None:
+            return None
+        return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in self.feature_stats.items()}
 
     def configure_optimizers(self):
         train = self.spec.train
@@ -183,8 +235,10 @@ class GPTModule(pl.LightningModule):
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         sampler = EpochSampler(len(ds), shuffle, self.spec.train.seed, self.global_rank, self.trainer.world_size)
         sampler.set_epoch(self.current_epoch)  # workers may prefetch before Lightning calls set_epoch
-        return DataLoader(ds, batch_size=self.spec.train.batch, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=self.device.type == "cuda")
+        workers = loader_workers(self.loader["num_workers"], self.trainer.world_size)
+        return DataLoader(ds, batch_size=self.spec.train.batch, sampler=sampler, num_workers=workers,
+                          persistent_workers=workers > 0 and self.loader["persistent_workers"],
+                          pin_memory=self.loader["pin_memory"] and self.device.type == "cuda")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_ds, shuffle=True)
@@ -195,28 +249,18 @@ class GPTModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # last.ckpt describes itself too (load_transformer reads it like best.ckpt)
         checkpoint.update(format=CKPT_FORMAT, run_spec=self.spec.to_dict(), codebook=self.codebook,
-                          metrics_history=list(self.history), best_val_loss=self.best_val_loss)
+                          feature_stats=self._stats_for_checkpoint(), metrics_history=list(self.history),
+                          best_val_loss=self.best_val_loss)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("metrics_history", []))
         self.best_val_loss = checkpoint.get("best_val_loss", math.inf)
 
 
-def curve_summary(metrics_csv: str | Path) -> dict[str, Any]:
-    """Best epoch (0-based) and loss; `overfit` when val loss rose after the best epoch."""
-    with open(metrics_csv) as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise ValueError(f"{metrics_csv} has no epochs")
-    val = [float(r["val_loss"]) for r in rows]
-    best = int(np.argmin(val))
-    return {"best_epoch": int(rows[best]["epoch"]), "best_val_loss": val[best],
-            "overfit": any(v > val[best] for v in val[best + 1:]), "epochs_run": len(rows)}
-
-
 def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_dir: str | Path, *,
-              inputs: Sequence[str | Path] = (), codebook: dict[str, Any] | None = None, accelerator: str = "auto",
-              num_workers: int = 0, log_every: int = 50, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+              inputs: Sequence[str | Path] = (), codebook: dict[str, Any] | None = None,
+              feature_stats: dict[str, np.ndarray] | None = None, accelerator: str = "auto",
+              loader: dict[str, Any] | None = None, log_every: int = 50, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the run's transformer in `state_dir` (resuming what a killed job left there), keeping
     `best.ckpt` (the best validation epoch, self-describing) and `metrics.csv` (one row per epoch).
 
@@ -234,12 +278,11 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
     state = TrainingState(state_dir, fingerprint(inputs, spec.training_view()))
     train = spec.train
     pl.seed_everything(train.seed, workers=True, verbose=False)  # model init
-    module = GPTModule(spec, train_ds, valid_ds, state, codebook, num_workers)
+    module = GPTModule(spec, train_ds, valid_ds, state, codebook, feature_stats, loader)
     n_params = sum(p.numel() for p in module.transformer.parameters())
     log.info("GPT %d layers x %d heads x %d-d (%.1fM params), S=%d, block %d, LR %.3g = %.3g x %d x %d x %d",
              spec.model.layers, spec.model.heads, spec.model.embed, n_params / 1e6, spec.feat_sample_size,
              spec.model.block_size, train.learning_rate, train.base_lr, train.batch, train.gpus, train.accumulate)
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and pick_device().type == "cuda")
     cbs = list(callbacks)
     if train.early_stopping:
         cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss", mode="min", min_delta=0.0,
@@ -249,7 +292,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
     from lightning.pytorch.plugins.environments import LightningEnvironment
 
     trainer = fit(module, state, max_epochs=train.max_epochs, accelerator=accelerator, devices=train.gpus,
-                  strategy="ddp" if train.gpus > 1 else "auto", precision="bf16-mixed" if on_gpu else "32-true",
+                  strategy="ddp" if train.gpus > 1 else "auto", precision=train.lightning_precision,
                   callbacks=cbs, log_every=log_every, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
                   plugins=[LightningEnvironment()] if train.gpus > 1 else [])
     summary = {**curve_summary(state.folder / "metrics.csv"), "best_ckpt": str(state.best),
@@ -267,21 +310,41 @@ def gpt_dataset(spec: RunSpec, token_files: Sequence[str | Path], feature_files:
     if spec.features == "none":
         return GPTDataset(tokens, None, spec.feat_sample_size, random_feats_dim=spec.model.feat_dim,
                           seed=spec.train.seed)
-    return GPTDataset(tokens, ShardedArray(feature_files), spec.feat_sample_size, seed=spec.train.seed)
+    feats = ShardedArray(feature_files)
+    keep = np.flatnonzero(finite_rows(feats))
+    if len(keep) < len(feats):
+        log.warning("%d of %d clips have no features (their extraction failed: see the features' index files); "
+                    "they are left out", len(feats) - len(keep), len(feats))
+    return GPTDataset(tokens, feats, spec.feat_sample_size, seed=spec.train.seed, keep=keep)
+
+
+def finite_rows(feats: Any, chunk: int = 64) -> np.ndarray:
+    """Which rows of an [N, frames, D] array are all finite; a failed extraction leaves a row of NaN."""
+    arrays = getattr(feats, "arrays", [feats])  # a ShardedArray's memory maps, read in slices
+    return np.concatenate([np.isfinite(np.asarray(a[i:i + chunk])).all(axis=(1, 2))
+                           for a in arrays for i in range(0, len(a), chunk)] or [np.zeros(0, bool)])
 
 
 def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[str, Sequence[str]],
               codebook_ckpt: str | Path, state_dir: str | Path, best_out: str | Path, metrics_out: str | Path,
-              summary_out: str | Path, num_workers: int = 0) -> dict[str, Any]:
+              summary_out: str | Path, feature_stats: str | Path | None = None,
+              loader: dict[str, Any] | None = None, lr_find: str | Path | None = None) -> dict[str, Any]:
     """The workflow's train_gpt job: train on the run's token and feature shards ({'train': [...], 'valid':
-    [...]}), then publish the best checkpoint, the metrics and a summary under their final names."""
+    [...]}), then publish the best checkpoint, the metrics and a summary under their final names. A run with
+    `base_lr: auto` takes its base LR from the LR finder's result (`lr_find`, runs/<run>/lr_find.json)."""
     from i2a.models.codebook import codebook_fingerprint
 
+    spec = resolve_base_lr(spec, lr_find)
     train_ds = gpt_dataset(spec, tokens["train"], features["train"])
     valid_ds = gpt_dataset(spec, tokens["valid"], features["valid"])
     inputs = [*tokens["train"], *tokens["valid"], *features["train"], *features["valid"], codebook_ckpt]
+    stats = None
+    if feature_stats is not None:
+        inputs.append(feature_stats)
+        with np.load(feature_stats) as f:
+            stats = {"mean": f["mean"], "std": f["std"]}
     summary = train_gpt(spec, train_ds, valid_ds, state_dir, inputs=inputs, codebook=codebook_fingerprint(codebook_ckpt),
-                        num_workers=num_workers)
+                        feature_stats=stats, loader=loader)
     state = Path(state_dir)
     copy_file(state / "best.ckpt", best_out)
     copy_file(state / "metrics.csv", metrics_out)
@@ -289,3 +352,79 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
     log.info("best epoch %s, val loss %.4f, overfit %s", summary["best_epoch"], summary["best_val_loss"],
              summary["overfit"])
     return summary
+
+
+# ------------------------------------------------------------------------------------------------ LR finder
+def find_learning_rate(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, *, min_lr: float = 1e-8,
+                       max_lr: float = 1e-2, steps: int = 100, codebook: dict[str, Any] | None = None,
+                       feature_stats: dict[str, np.ndarray] | None = None, accelerator: str = "auto",
+                       loader: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Lightning's learning-rate range test (`Tuner.lr_find`) on the run's model and training data: `steps`
+    optimizer steps from the run's initial weights, the LR growing exponentially from `min_lr` to `max_lr`
+    (stopped early once the loss diverges), on one device with the run's batch, accumulation and precision.
+
+    Returns the tested LRs with their (smoothed) losses and Lightning's suggestion, the LR of the steepest loss
+    descent: an LR for one device's batch x accumulation. As a base LR (per sample, SpecVQGAN's rule) it is the
+    suggestion / (batch x accumulate), so that `base_lr: auto` trains with the suggestion x gpus (linear scaling
+    to the run's GPUs). Nothing of the run's own training state is touched: the test runs in a temporary folder.
+    """
+    import tempfile
+
+    from lightning.pytorch.tuner import Tuner
+
+    train = spec.train
+    probe = spec if train.base_lr != "auto" else spec.with_base_lr(min_lr)  # the finder sets the LR itself
+    pl.seed_everything(train.seed, workers=True, verbose=False)  # the same initial weights as the run
+    with tempfile.TemporaryDirectory(prefix="lr_find.") as tmp:
+        module = GPTModule(probe, train_ds, valid_ds, TrainingState(tmp, {}), codebook, feature_stats, loader)
+        trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=train.lightning_precision, max_epochs=-1,
+                             accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
+                             default_root_dir=tmp, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        finder = Tuner(trainer).lr_find(module, min_lr=min_lr, max_lr=max_lr, num_training=steps,
+                                        mode="exponential", update_attr=False)
+    suggested = finder.suggestion()
+    lrs, losses = [float(x) for x in finder.results["lr"]], [float(x) for x in finder.results["loss"]]
+    result = {"run": spec.name, "suggested_lr": suggested,
+              "suggested_base_lr": None if suggested is None else suggested / (train.batch * train.accumulate),
+              "lr_for_run": None if suggested is None else suggested * train.gpus,
+              "batch": train.batch, "accumulate": train.accumulate, "gpus": train.gpus, "precision": train.precision,
+              "min_lr": min_lr, "max_lr": max_lr, "steps": steps, "steps_run": len(lrs),
+              "configured_base_lr": train.base_lr, "lr": lrs, "loss": losses}
+    log.info("LR finder, run %s: %d steps from %.2g to %.2g; suggested LR %s (base LR %s)", spec.name, len(lrs),
+             min_lr, lrs[-1] if lrs else max_lr, "none" if suggested is None else f"{suggested:.3g}",
+             "none" if suggested is None else f"{result['suggested_base_lr']:.3g}")
+    return result
+
+
+def resolve_base_lr(spec: RunSpec, lr_find: str | Path | None) -> RunSpec:
+    """The run with `base_lr: auto` replaced by the LR finder's suggestion (per sample) from its lr_find.json."""
+    if spec.train.base_lr != "auto":
+        return spec
+    if lr_find is None:
+        raise ValueError(f"run {spec.name}: base_lr is auto but no LR finder result was given "
+                         "(runs/<run>/lr_find.json)")
+    found = json.loads(Path(lr_find).read_text())
+    if found.get("suggested_base_lr") is None:
+        raise ValueError(f"run {spec.name}: the LR finder ({lr_find}) could not suggest a learning rate (too few "
+                         "steps before the loss diverged); set base_lr to a number, or widen lr_finder.min_lr/max_lr")
+    log.info("base_lr auto: %.3g from the LR finder (%s)", found["suggested_base_lr"], lr_find)
+    return spec.with_base_lr(found["suggested_base_lr"])
+
+
+def lr_find_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[str, Sequence[str]],
+                codebook_ckpt: str | Path, out: str | Path, settings: dict[str, Any],
+                feature_stats: str | Path | None = None, loader: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The workflow's lr_find job: the LR range test on the run's token and feature shards -> lr_find.json."""
+    from i2a.models.codebook import codebook_fingerprint
+
+    stats = None
+    if feature_stats is not None:
+        with np.load(feature_stats) as f:
+            stats = {"mean": f["mean"], "std": f["std"]}
+    result = find_learning_rate(spec, gpt_dataset(spec, tokens["train"], features["train"]),
+                                gpt_dataset(spec, tokens["valid"], features["valid"]), min_lr=settings["min_lr"],
+                                max_lr=settings["max_lr"], steps=settings["steps"],
+                                codebook=codebook_fingerprint(codebook_ckpt), feature_stats=stats, loader=loader)
+    write_text(out, json.dumps(result, indent=2, allow_nan=True))
+    return result

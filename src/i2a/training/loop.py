@@ -204,10 +204,10 @@ def fit(module, state: TrainingState, *, max_epochs: int, accelerator: str = "au
     """
     pl = _lightning()
     _ensure_log_handler()
+    resume = state.open()  # first: a state of other inputs or settings is set aside, its done.json with it
     if state.done is not None:
         log.info("%s says training finished: nothing to do", state.folder / DONE)
         return None
-    resume = state.open()
     if resume is not None:
         meta = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
         log.info("resuming from %s (epoch %d, step %d)", resume, meta["epoch"], meta["global_step"])

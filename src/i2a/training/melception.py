@@ -5,7 +5,8 @@ computed on, so it must judge what a generator can make. A codebook of a few doz
 noise texture of a spectrogram; a classifier trained on clean spectrograms alone learns to key on that texture
 and calls good reconstructions the wrong class. Augmentations that imitate what a codebook does to a
 spectrogram (blur along time and frequency, shifts of a bin or two, a little noise), applied to a fraction of
-the training batches, make it judge the content instead.
+the training batches, make it judge the content instead; showing it some training clips as the codebook
+reconstructs them (`reconstructed`) teaches it exactly what a codebook keeps.
 """
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ class MelceptionTrainConfig:
     blur: float = 1.5  # largest Gaussian blur sigma, in mel bins and in frames (each drawn in [0, blur])
     shift: int = 2  # largest circular shift in frames (and a third of it in mel bins)
     noise: float = 0.02  # largest std of added Gaussian noise, in [0, 1] mel units
+    # each training clip with this probability is shown as its codebook reconstruction (encoded and decoded by
+    # the codebook the generators use): exactly what the codebook keeps and loses, with the clip's label
+    reconstructed: float = 0.0
     seed: int = 1337
     class_names: list[str] = field(default_factory=list)  # only needed when labels are integers
 
@@ -144,11 +148,12 @@ class _Indices(torch.utils.data.Dataset):
 class MelceptionModule(pl.LightningModule):
     def __init__(self, cfg: MelceptionTrainConfig, model_cfg: MelceptionConfig, train01: torch.Tensor,
                  ytr: torch.Tensor, xva: torch.Tensor, yva: torch.Tensor, stats: np.ndarray, class_names: list[str],
-                 state: TrainingState):
+                 state: TrainingState, reconstructed01: torch.Tensor | None = None):
         super().__init__()
         self.cfg, self.state, self.stats, self.class_names = cfg, state, stats, class_names
         self.model = Melception(model_cfg)
         self.train01, self.ytr, self.xva, self.yva = train01, ytr, xva, yva
+        self.reconstructed01 = reconstructed01
         self.xtr = standardise(train01, stats)  # for BN recalibration: the clean training clips
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] = {"valid_loss": math.inf, "epoch": -1}
@@ -171,8 +176,11 @@ class MelceptionModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         index, epoch = batch
         mels = self.train01[index]
+        generator = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + epoch[0] * 10_007 + batch_idx))
+        if self.reconstructed01 is not None:
+            shown = torch.rand(len(index), generator=generator) < self.cfg.reconstructed
+            mels = torch.where(shown[:, None, None], self.reconstructed01[index], mels)
         if self.cfg.augment > 0:
-            generator = torch.Generator().manual_seed(int(self.cfg.seed * 1_000_003 + epoch[0] * 10_007 + batch_idx))
             mels = augment_mels(mels, self.cfg, generator)
         loss = F.cross_entropy(self.model(standardise(mels, self.stats))["logits"], self.ytr[index])
         self._train_loss.append(float(loss.detach()))
@@ -217,11 +225,14 @@ class MelceptionModule(pl.LightningModule):
 
 def train_melception(train_mels: np.ndarray, train_labels: Sequence, valid_mels: np.ndarray,
                      valid_labels: Sequence, cfg: MelceptionTrainConfig, out_path: str | Path,
-                     state_dir: str | Path | None = None, inputs: Sequence[str | Path] = ()) -> dict:
+                     state_dir: str | Path | None = None, inputs: Sequence[str | Path] = (),
+                     train_reconstructions: np.ndarray | None = None) -> dict:
     """Train a Melception-architecture classifier on the dataset's classes (in place of the VGGSound one).
 
     Mels are (N, 80, T) float32 in [0, 1]; labels class-name strings (or ints with cfg.class_names).
-    Standardisation stats come from the train mels. Writes the best-validation-loss weights with config, stats
+    Standardisation stats come from the train mels. `train_reconstructions` (the codebook's reconstructions of the
+    train mels, row for row) are needed when cfg.reconstructed > 0. Writes the best-validation-loss weights with
+    config, stats
     and class names to out_path (load with `load_melception`) and returns a summary with the history. A killed
     job resumes from `state_dir` (default: beside out_path), bound to `inputs` and the settings.
     """
@@ -232,6 +243,10 @@ def train_melception(train_mels: np.ndarray, train_labels: Sequence, valid_mels:
         raise ValueError("mels and labels differ in length")
     if len(valid_mels) == 0:
         raise ValueError("empty validation set: the best checkpoint is picked on validation loss")
+    if (cfg.reconstructed > 0) != (train_reconstructions is not None):
+        raise ValueError("give the codebook's reconstructions of the training clips exactly when cfg.reconstructed > 0")
+    if train_reconstructions is not None and np.shape(train_reconstructions) != train_mels.shape:
+        raise ValueError(f"reconstructions {np.shape(train_reconstructions)} do not match the clips {train_mels.shape}")
     ytr, yva, class_names = _encode_labels(train_labels, valid_labels, cfg.class_names)
     out_path = Path(out_path)
     state = TrainingState(state_dir or out_path.with_name(out_path.stem + ".state"),
@@ -242,10 +257,12 @@ def train_melception(train_mels: np.ndarray, train_labels: Sequence, valid_mels:
     model_cfg = MelceptionConfig(num_classes=len(class_names), width=cfg.width, dropout=cfg.dropout)
     module = MelceptionModule(cfg, model_cfg, torch.from_numpy(train_mels), torch.from_numpy(ytr),
                               torch.from_numpy(standardise(valid_mels, stats)), torch.from_numpy(yva), stats,
-                              class_names, state)
+                              class_names, state, None if train_reconstructions is None else
+                              torch.from_numpy(np.clip(np.asarray(train_reconstructions, dtype=np.float32), 0, 1)))
     log.info("training Melception width %.3g (%d params) on %d clips, %d classes; valid %d clips%s", cfg.width,
              sum(p.numel() for p in module.model.parameters()), len(train_mels), len(class_names), len(valid_mels),
-             f", augmenting {cfg.augment:.0%} of training clips" if cfg.augment else "")
+             (f", augmenting {cfg.augment:.0%} of training clips" if cfg.augment else "")
+             + (f", {cfg.reconstructed:.0%} shown through the codebook" if cfg.reconstructed else ""))
     callbacks = []
     if cfg.patience is not None:
         callbacks.append(pl.callbacks.EarlyStopping(monitor="valid_loss", mode="min", patience=cfg.patience))
@@ -262,12 +279,21 @@ def train_melception(train_mels: np.ndarray, train_labels: Sequence, valid_mels:
 
 
 def train_from_shards(train_shards: Sequence[str | Path], valid_shards: Sequence[str | Path],
-                      settings: dict[str, Any], crop_frames: int, out_path: str | Path) -> dict:
-    """The workflow's train_melception job: the dataset's classes, centre-cropped mels of the model's width."""
+                      settings: dict[str, Any], crop_frames: int, out_path: str | Path,
+                      codebook_ckpt: str | Path | None = None) -> dict:
+    """The workflow's train_melception job: the dataset's classes, centre-cropped mels of the model's width (and,
+    with settings['reconstructed'] > 0, the codebook's reconstructions of the training clips)."""
     from i2a.data.clips import split_clips, split_mels
 
     train_mels, valid_mels = split_mels(train_shards, crop_frames), split_mels(valid_shards, crop_frames)
     train_labels, valid_labels = list(split_clips(train_shards)["class"]), list(split_clips(valid_shards)["class"])
     inputs = [Path(d) / "mels.npy" for d in [*train_shards, *valid_shards]]
+    reconstructions = None
+    if codebook_ckpt is not None:
+        from i2a.models.codebook import decode_tokens, encode_mels, load_codebook
+
+        codebook = load_codebook(codebook_ckpt)
+        reconstructions = decode_tokens(codebook, encode_mels(codebook, train_mels), progress=False)
+        inputs.append(Path(codebook_ckpt))
     return train_melception(train_mels, train_labels, valid_mels, valid_labels, MelceptionTrainConfig(**settings),
-                            out_path, inputs=inputs)
+                            out_path, inputs=inputs, train_reconstructions=reconstructions)

@@ -260,7 +260,8 @@ class MelGANModule(pl.LightningModule):
 
 
 def train_melgan(wavs: Sequence[np.ndarray], cfg: VocoderTrainConfig, out_dir: str | Path,
-                 state_dir: str | Path | None = None, inputs: Sequence[str | Path] = ()) -> Path:
+                 state_dir: str | Path | None = None, inputs: Sequence[str | Path] = (),
+                 callbacks: Sequence[Any] = ()) -> Path:
     """Train MelGAN (hinge GAN + feature matching) on random segments of `wavs` (1-D float32 at cfg.mel's rate).
 
     Writes `out_dir/metrics.csv` (one row per step) and `out_dir/melgan.ckpt` (the generator of the save interval
@@ -286,7 +287,7 @@ def train_melgan(wavs: Sequence[np.ndarray], cfg: VocoderTrainConfig, out_dir: s
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         fit(module, state, max_epochs=max(1, math.ceil(cfg.max_steps / cfg.save_every)),
             accelerator="gpu" if cfg.device.startswith("cuda") else "cpu", log_every=10**9,
-            reload_dataloaders_every_n_epochs=1,
+            reload_dataloaders_every_n_epochs=1, callbacks=callbacks,
             max_time=None if cfg.max_seconds is None else {"seconds": cfg.max_seconds})
     if not (state.folder / BEST).is_file():  # no step ran (max_steps 0): the initial generator
         save_best(module, state, module.artifact(math.inf))

@@ -1,4 +1,4 @@
-"""FID and MKL (SPEC section 7) of one run's samples against the shared real reference, with 95% intervals."""
+"""FID and MKL (SPEC section 7) of one row's samples against the shared real reference, with 95% intervals."""
 from i2a.evaluation.scoring import score_samples
 from i2a.jobs import start_job
 
@@ -6,4 +6,4 @@ start_job(snakemake)
 metrics = snakemake.params.metrics
 score_samples(snakemake.input.mels, snakemake.input.names, snakemake.input.reference, snakemake.input.melception,
               (snakemake.input.stats or [None])[0], snakemake.params.seeds, metrics["bootstrap"], metrics["seed"],
-              snakemake.output[0])
+              snakemake.output.scores, snakemake.output.outputs)

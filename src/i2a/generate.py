@@ -1,0 +1,647 @@
+"""`i2a generate`: sound for your own pictures and videos, from a run of the study or a released SpecVQGAN model.
+
+    i2a generate --config config/demo.yaml --run clip-s5 --out generated/ photo.jpg clip.mp4 folder/
+
+An input is conditioned the way the workflow conditions a validation video. A video goes through the training
+chain (`i2a.data.media`: cut to the config's audio.seconds, frames picked at video.fps, tiled and centre-cropped
+to video.feat_frames / feat_crop); an image is a still video, the same frame at every step. The S frames the
+transformer reads are encoded by its backbone with the config's weights and transforms, standardised with the
+statistics the run trained with, and sampled, decoded by the codebook and vocoded by the same library functions
+as the workflow's sample_tokens and vocode jobs.
+
+The model is what its checkpoint says it is: a trained run's checkpoint names its backbone, S, shape and the
+codebook it was trained on, and is refused with another codebook or backbone; a released transformer's shape
+comes from the registry of released files and the codebook it is paired with.
+
+An input's samples depend only on it, the seed and the model, not on the other inputs or on batching: sample k
+of every input draws with the seed the workflow gives sample k of its first validation video.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import yaml
+
+log = logging.getLogger("i2a.generate")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SCHEMA = Path("workflow/schemas/config.schema.yaml")
+EXIT_INPUT_ERRORS = 1  # some inputs could not be used; the others were generated
+EXIT_MODEL_ERROR = 2  # nothing was generated: the config, the model or the arguments are wrong
+
+
+class InputError(ValueError):
+    """An input that cannot be used; the message says why and what to give instead."""
+
+
+class ModelError(ValueError):
+    """The model cannot be loaded as asked; the message says which file and how to get it."""
+
+
+# ------------------------------------------------------------------------------------------------------ config
+
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Snakemake's `--configfile` merge: dicts key by key, anything else (the runs list) replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = merge_config(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _schema_path() -> Path:
+    """The workflow's schema: in the current folder (the workflow's), else beside this package's source."""
+    for path in (SCHEMA, Path(__file__).resolve().parents[2] / SCHEMA):
+        if path.is_file():
+            return path
+    raise ModelError(f"{SCHEMA} not found: run i2a generate in the workflow's folder (where the Snakefile is)")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The config the workflow runs with: `path` merged over the config.yaml beside it, validated, defaults in."""
+    from i2a.config import ConfigError, validate_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"config file {path} not found: give the one the models were made with, e.g. "
+                         "--config config/demo.yaml")
+    config = yaml.safe_load(path.read_text()) or {}
+    base = path.resolve().with_name("config.yaml")
+    if base != path.resolve() and base.is_file():
+        config = merge_config(yaml.safe_load(base.read_text()) or {}, config)
+    try:
+        return validate_config(config, _schema_path())
+    except ConfigError as err:
+        raise ModelError(f"{path}: {err}") from None
+
+
+def _component(config: dict[str, Any], section: str, trained: str, released_name: str) -> Path:
+    """A codebook or vocoder file as the workflow picks it: the config's path, the trained one or the released."""
+    settings = config[section]
+    if settings.get("path"):
+        return Path(settings["path"])
+    if settings["source"] == "train":
+        return Path(config["results"]) / trained
+    from i2a.models.released import released
+
+    return Path(released(released_name).local_path)
+
+
+def codebook_path(config: dict[str, Any]) -> Path:
+    return _component(config, "codebook", "codebook/codebook.ckpt", "vas_codebook")
+
+
+def melgan_path(config: dict[str, Any]) -> Path:
+    return _component(config, "vocoder", "vocoder/melgan.ckpt", "melgan")
+
+
+# ------------------------------------------------------------------------------------------------------ the model
+
+@dataclass
+class SoundModel:
+    """Everything between a picture and a sound, loaded once: the transformer (which describes itself), its
+    codebook, backbone and vocoder, and the config's clip geometry."""
+
+    name: str
+    gpt: Any  # i2a.models.gpt.GPT, with run_spec set
+    codebook: Any  # i2a.models.codebook.VQModel
+    encoder: Any | None  # i2a.features.backbones.FrameEncoder; None for the no-feats baseline
+    vocoder: Callable[[np.ndarray], np.ndarray]
+    mel: Any  # i2a.data.mel.MelSpec
+    seconds: float
+    fps: float
+    feat_frames: int
+    feat_crop: int
+    device: Any
+
+    @property
+    def spec(self):
+        return self.gpt.run_spec
+
+    @property
+    def S(self) -> int:
+        return self.spec.feat_sample_size
+
+    @property
+    def n_tokens(self) -> int:
+        return self.gpt.block_size - self.S
+
+    @property
+    def min_image_size(self) -> int:
+        """The backbone's input side: a picture must reach it at least along its longer side."""
+        return 0 if self.encoder is None else self.encoder.transform.crop
+
+
+def _missing(paths: Iterable[Path | str | None]) -> list[str]:
+    return [str(p) for p in paths if p is not None and not Path(p).is_file()]
+
+
+def _fetch_or_make(missing: list[str], config_file: str | Path | None) -> str:
+    """The snakemake command that makes (trains, or fetches with MD5 checks) the files a model lacks."""
+    config = f" --configfile {config_file}" if config_file else ""
+    return f"snakemake --cores {2 if config_file else 1}{config} {' '.join(missing)}"
+
+
+def _backbone_weights(config: dict[str, Any], features: str) -> Path | None:
+    from i2a.features.registry import weights_file
+
+    if features == "none":
+        return None
+    path = weights_file(features, config["backbones"][features]["weights"], cache_dir="resources/weights")
+    return None if path is None else Path(path)
+
+
+def _build_encoder(config: dict[str, Any], features: str, feat_dim: int, device):
+    """The run's backbone with the config's weights and transforms; its features must be as deep as the
+    transformer's input."""
+    if features == "none":
+        return None
+    from i2a.features.backbones import build_backbone
+
+    settings = config["backbones"][features]
+    encoder = build_backbone(features, weights=settings["weights"], cache_dir="resources/weights",
+                             image_size=settings["image_size"])
+    if encoder.feat_dim != feat_dim:
+        raise ModelError(f"backbone {features} gives {encoder.feat_dim}-d features, the transformer reads {feat_dim}-d")
+    encoder.model.to(device)
+    return encoder
+
+
+def _clip_geometry(config: dict[str, Any]) -> dict[str, Any]:
+    from i2a.data.clips import mel_spec_from_config
+
+    video = config["video"]
+    return {"mel": mel_spec_from_config(config["audio"]), "seconds": float(config["audio"]["seconds"]),
+            "fps": float(video["fps"]), "feat_frames": int(video["feat_frames"]), "feat_crop": int(video["feat_crop"])}
+
+
+def _check_fits(name: str, gpt, codebook, config: dict[str, Any], where: str) -> None:
+    """The transformer's tokens must fill the codebook's grid for the config's mels, and its S frames must fit in
+    the config's feature crop."""
+    cfg = codebook.cfg
+    rows = config["audio"]["n_mels"] // cfg.downsample_factor
+    grid = rows * cfg.latent_width
+    S = gpt.run_spec.feat_sample_size
+    if gpt.block_size - S != grid:
+        raise ModelError(f"{name} draws {gpt.block_size - S} tokens, the codebook's grid for "
+                         f"{config['audio']['n_mels']} mels is {rows} x {cfg.latent_width} = {grid}: {where}")
+    if config["audio"]["crop_frames"] != cfg.resolution:
+        raise ModelError(f"the codebook decodes {cfg.resolution} mel frames, the config's audio.crop_frames is "
+                         f"{config['audio']['crop_frames']}: {where}")
+    if S > config["video"]["feat_crop"]:
+        raise ModelError(f"{name} reads S = {S} feature frames, more than the config's video.feat_crop "
+                         f"{config['video']['feat_crop']}: {where}")
+
+
+def _changed(expected: dict[str, Any], found: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys (dotted) whose values differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(expected) | set(found)):
+        a, b = expected.get(key), found.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(prefix + key)
+    return keys
+
+
+def load_run_model(config: dict[str, Any], run: str, device=None, config_file: str | Path | None = None) -> SoundModel:
+    """A run of the config: its best checkpoint (or, for a released run, the authors' transformer), the config's
+    codebook, backbone settings and vocoder. The checkpoint's own description decides S, the backbone and the
+    shape; a checkpoint trained with another codebook or backbone than the config gives is refused."""
+    from i2a.device import pick_device
+    from i2a.models.codebook import check_codebook, load_codebook
+    from i2a.models.gpt import load_transformer
+    from i2a.models.vocoder import load_vocoder
+    from i2a.runspec import RunSpec
+
+    runs = {entry["name"]: entry for entry in config["runs"]}
+    if run not in runs:
+        raise ModelError(f"no run {run!r} in the config; its runs: {', '.join(runs)}")
+    entry = runs[run]
+    if entry["source"] == "released":
+        return load_released_model(config, entry["released"], device, config_file)
+    device = pick_device(device)
+    ckpt = Path(config["results"]) / "runs" / run / "best.ckpt"
+    codebook_file = codebook_path(config)
+    vocoder_file = melgan_path(config) if config["vocoder"]["kind"] == "melgan" else None
+
+    def check_present(features: str) -> None:
+        missing = _missing([ckpt, codebook_file, vocoder_file, _backbone_weights(config, features)])
+        if missing:
+            raise ModelError(f"run {run} needs {', '.join(missing)}, which are not there (paths are relative to the "
+                             f"workflow's folder): make them with\n    {_fetch_or_make(missing, config_file)}")
+
+    if not ckpt.is_file():
+        check_present(entry["features"])
+    gpt = load_transformer(ckpt, map_location=device)
+    spec = gpt.run_spec
+    if spec is None:
+        raise ModelError(f"{ckpt} does not describe itself (no RunSpec in it): retrain it with the workflow's "
+                         "train_gpt rule, or use --released for the authors' transformers")
+    if spec.features != entry["features"]:
+        raise ModelError(f"{ckpt} was trained on {spec.features} features, the config's run {run} says "
+                         f"{entry['features']}: retrain it (snakemake reruns train_gpt) or use the config it was "
+                         "trained with")
+    check_present(spec.features)
+    changed = _changed(RunSpec.from_config(config, entry).training_view(), spec.training_view())
+    if changed:
+        log.warning("%s was trained with other %s than the config's run %s says: generating with the checkpoint as "
+                    "it describes itself", ckpt, ", ".join(changed), run)
+    codebook = load_codebook(codebook_file, map_location=device).to(device)
+    try:
+        check_codebook(gpt.codebook, codebook_file, codebook.cfg, transformer=str(ckpt))
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+    _check_fits(run, gpt, codebook, config, "the config is not the one the run was trained with")
+    geometry = _clip_geometry(config)
+    encoder = _build_encoder(config, spec.features, gpt.config.feat_dim, device)
+    vocoder = load_vocoder(config["vocoder"]["kind"], geometry["mel"], vocoder_file, device=device)
+    return SoundModel(name=run, gpt=gpt, codebook=codebook, encoder=encoder, vocoder=vocoder, device=device,
+                      **geometry)
+
+
+def load_released_model(config: dict[str, Any], name: str, device=None,
+                        config_file: str | Path | None = None) -> SoundModel:
+    """One of the authors' VAS transformers with their VAS codebook (both fetched by the workflow's
+    fetch_checkpoint rule), the config's backbone weights and vocoder. The config's clip geometry must be the
+    study's (10 s, 848 mel frames, 212 feature frames), as in config/config.yaml."""
+    from i2a.device import pick_device
+    from i2a.models.codebook import load_codebook
+    from i2a.models.gpt import load_released_transformer
+    from i2a.models.released import TRANSFORMERS, released
+    from i2a.models.vocoder import load_vocoder
+
+    if name not in TRANSFORMERS:
+        raise ModelError(f"no released transformer {name!r}; choose one of {', '.join(TRANSFORMERS)}")
+    device = pick_device(device)
+    entry = released(name)
+    transformer_file = Path(entry.local_path)
+    codebook_file = Path(released("vas_codebook").local_path)
+    vocoder_file = melgan_path(config) if config["vocoder"]["kind"] == "melgan" else None
+    features = entry.shape()["features"]
+    missing = _missing([transformer_file, codebook_file, vocoder_file, _backbone_weights(config, features)])
+    if missing:
+        raise ModelError(f"the released model {name} needs {', '.join(missing)}, which are not there: fetch them "
+                         f"(MD5 checked) with\n    {_fetch_or_make(missing, None)}")
+    codebook = load_codebook(codebook_file, map_location=device).to(device)
+    cfg = codebook.cfg
+    n_tokens = (config["audio"]["n_mels"] // cfg.downsample_factor) * cfg.latent_width
+    try:
+        gpt = load_released_transformer(name, vocab_size=cfg.n_embed, n_tokens=n_tokens, path=transformer_file,
+                                        map_location=device)
+    except ValueError as err:
+        raise ModelError(str(err)) from None
+    _check_fits(name, gpt, codebook, config, "the released models need the study's 10 s clips: use --config "
+                "config/config.yaml")
+    geometry = _clip_geometry(config)
+    encoder = _build_encoder(config, gpt.run_spec.features, gpt.config.feat_dim, device)
+    vocoder = load_vocoder(config["vocoder"]["kind"], geometry["mel"], vocoder_file, device=device)
+    return SoundModel(name=name, gpt=gpt, codebook=codebook, encoder=encoder, vocoder=vocoder, device=device,
+                      **geometry)
+
+
+# ------------------------------------------------------------------------------------------------------ inputs
+
+def is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def is_video(path: Path) -> bool:
+    from i2a.data.clips import VIDEO_SUFFIXES
+
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def expand_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files, problems): the files in the order given, a folder replaced by the images and videos in it (by
+    suffix, in name order, not its subfolders), each file once. A missing path or a folder with nothing to use
+    is a problem (path, reason), reported like a bad file."""
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    for given in map(Path, paths):
+        if given.is_dir():
+            found = sorted(p for p in given.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and (is_image(p) or is_video(p)))
+            if not found:
+                problems.append((given, f"no images ({', '.join(IMAGE_SUFFIXES)}) or videos in this folder"))
+            files += found
+        elif given.exists():
+            files.append(given)
+        else:
+            problems.append((given, "no such file or folder"))
+    first: dict[Path, Path] = {}
+    for path in files:
+        first.setdefault(path.resolve(), path)
+    return list(first.values()), problems
+
+
+def read_image(path: str | Path, min_size: int = 0) -> np.ndarray:
+    """An image file as one RGB frame (1, H, W, 3) uint8, turned upright as its EXIF says; refused when it is not
+    an image, or when even its longer side is below `min_size` (the backbone would see mostly interpolation)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            frame = np.array(image, dtype=np.uint8)  # a writable copy: torch warns about read-only arrays
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as err:
+        raise InputError(f"not a readable image ({type(err).__name__}: {err}): give a JPEG, PNG or WebP file") from None
+    h, w = frame.shape[:2]
+    if max(h, w) < min_size:
+        raise InputError(f"{w} x {h} pixels is smaller than the backbone's {min_size} x {min_size} input: give a "
+                         f"picture at least {min_size} pixels wide or high")
+    return frame[None]
+
+
+def read_video(path: str | Path, model: SoundModel, workdir: str | Path) -> tuple[np.ndarray, Path]:
+    """(frames (T, H, W, 3) uint8 at the config's fps, the chain's cut clip): the video as the workflow's
+    preprocess_clips job makes a training clip of it, then its frames as extract_features reads them."""
+    from i2a.data.media import BadClip, preprocess_clip, read_video_frames, video_head
+
+    workdir = Path(workdir)
+    head, clip, wav = workdir / "head.mkv", workdir / "clip.mp4", workdir / "clip.wav"
+    try:
+        video_head(path, head, model.seconds)
+        preprocess_clip(head, clip, wav, seconds=model.seconds, sample_rate=model.mel.sample_rate)
+        frames = read_video_frames(clip, fps=model.fps)
+    except BadClip as bad:
+        raise InputError(f"{bad.reason}: give a video with a picture (anything ffmpeg reads: mp4, mkv, webm, avi, "
+                         "mov, ...) or a JPEG, PNG or WebP image") from None
+    finally:
+        head.unlink(missing_ok=True)
+        wav.unlink(missing_ok=True)
+    return frames, clip
+
+
+def condition_rows(n_frames: int, feat_frames: int, feat_crop: int, S: int) -> np.ndarray:
+    """Which of a clip's n frames each of the transformer's S condition positions shows: the workflow's
+    feature padding (tile to feat_frames, centre crop feat_crop), then SpecVQGAN's choice of S of those."""
+    from i2a.features.extract import pad_and_crop_indices
+    from i2a.models.gpt import sample_frame_indices
+
+    return pad_and_crop_indices(n_frames, feat_frames, feat_crop)[sample_frame_indices(feat_crop, S)]
+
+
+@dataclass
+class Prepared:
+    """An input read and encoded: its (D, S) features (None for the no-feats baseline) and, for a video, the
+    chain's clip that --mux puts the generated sound on."""
+
+    path: Path
+    kind: str  # "image" | "video"
+    feats: np.ndarray | None
+    clip: Path | None = None
+
+
+def prepare(path: Path, model: SoundModel, workdir: Path) -> Prepared:
+    """Read an input and encode the frames its condition positions show (each distinct frame once)."""
+    from i2a.features.extract import extract_clip_features
+
+    if not path.is_file():
+        raise InputError("not a file")
+    if is_image(path):
+        kind, frames, clip = "image", read_image(path, model.min_image_size), None
+    else:
+        workdir.mkdir(parents=True, exist_ok=True)
+        kind, (frames, clip) = "video", read_video(path, model, workdir)
+    if model.encoder is None:
+        return Prepared(path, kind, None, clip)
+    rows = condition_rows(len(frames), model.feat_frames, model.feat_crop, model.S)
+    used, where = np.unique(rows, return_inverse=True)
+    feats = extract_clip_features(model.encoder, np.ascontiguousarray(frames[used]), device=model.device)
+    return Prepared(path, kind, feats[where].T.astype(np.float32), clip)
+
+
+# ------------------------------------------------------------------------------------------------------ generating
+
+@dataclass
+class Result:
+    """What was made for one input (or why nothing was)."""
+
+    path: Path
+    kind: str = ""
+    wavs: list[Path] = field(default_factory=list)
+    spectrogram: Path | None = None
+    videos: list[Path] = field(default_factory=list)
+    mels: np.ndarray | None = None  # (samples, n_mels, T) in [0, 1], with keep_mels
+    error: str | None = None
+
+
+def sample_seeds_for_inputs(seed: int, samples: int) -> list[int]:
+    """Sample k's seed, the same for every input: the workflow's seed of sample k of its first video."""
+    from i2a.samples import sample_seeds
+
+    return [int(s) for s in sample_seeds(seed, 1, samples)[0]]
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """A file name stem per input: its own, with -2, -3, ... when an earlier input has taken it."""
+    stems: list[str] = []
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in stems:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        stems.append(stem)
+    return stems
+
+
+def spectrograms_png(mels01: np.ndarray, path: Path) -> Path:
+    """An input's generated spectrograms as one PNG, sample 0 on top, low frequencies at the bottom of each."""
+    from i2a.atomic import write_bytes
+    from i2a.report.gallery import spectrogram_png
+
+    gap = np.ones((2, mels01.shape[-1]), np.float32)  # a bright line between samples
+    stacked = [part for mel in mels01[::-1] for part in (gap, mel)][1:]  # spectrogram_png flips the whole image
+    return write_bytes(path, spectrogram_png(np.concatenate(stacked)))
+
+
+def _draw(model: SoundModel, batch: list[Prepared], seeds: list[int], top_k: int, temperature: float) -> np.ndarray:
+    """(inputs x samples, n_mels, T) spectrograms for a batch of inputs, one row per (input, sample)."""
+    import torch
+
+    from i2a.models.codebook import decode_tokens
+    from i2a.models.gpt import sample_tokens, standardize_features
+    from i2a.samples import condition
+
+    row_seeds = np.tile(np.asarray(seeds, np.int64), len(batch))
+    spec, K = model.spec, len(seeds)
+    if model.encoder is None:
+        cond = condition("none", None, row_seeds, model.S, model.gpt.config.feat_dim)
+    else:
+        cond = torch.from_numpy(np.repeat(np.stack([p.feats for p in batch]), K, axis=0))
+    cond = standardize_features(model.gpt, cond.to(model.device))
+    tokens = sample_tokens(model.gpt, cond, model.n_tokens, top_k=top_k, temperature=temperature,
+                           seeds=row_seeds.tolist(), cache=True)
+    log.debug("sampled %d rows of %s (%s, S=%d)", len(row_seeds), model.name, spec.features, model.S)
+    return decode_tokens(model.codebook, tokens.cpu().numpy(), progress=False)
+
+
+def _write(model: SoundModel, prepared: Prepared, mels: np.ndarray, stem: str, out_dir: Path, mux: bool,
+           result: Result, keep_mels: bool) -> None:
+    from i2a.data.media import mux_audio
+    from i2a.models.vocoder import write_wav
+
+    wavs = model.vocoder(mels)
+    for k, wav in enumerate(wavs):
+        result.wavs.append(write_wav(out_dir / f"{stem}_sample{k:02d}.wav", wav, sr=model.mel.sample_rate))
+    result.spectrogram = spectrograms_png(mels, out_dir / f"{stem}_spectrogram.png")
+    if mux and prepared.clip is not None:
+        for k, wav_path in enumerate(result.wavs):
+            result.videos.append(mux_audio(prepared.clip, wav_path, out_dir / f"{stem}_sample{k:02d}.mp4"))
+    if keep_mels:
+        result.mels = mels
+
+
+def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Path, samples: int = 1, seed: int = 0,
+             top_k: int | None = None, temperature: float = 1.0, batch_size: int = 64, mux: bool = False,
+             keep_mels: bool = False, progress: bool | None = None) -> list[Result]:
+    """Generate `samples` sounds for every input (files or folders) into `out_dir`: per input
+    `<stem>_sampleNN.wav` at the config's sample rate, `<stem>_spectrogram.png`, and with `mux` for a video
+    `<stem>_sampleNN.mp4` (its clip with the generated sound). Inputs are read one by one and sampled together,
+    `batch_size` rows (inputs x samples) at a time. A bad input gets its Result.error, the others go on.
+    `progress`: a progress bar (None: when stderr is a terminal; otherwise one log line per input)."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    top_k = top_k if top_k is not None else model.spec.sampling.top_k
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files, problems = expand_inputs(inputs)
+    results = [Result(path, error=reason) for path, reason in problems]
+    for result in results:
+        log.error("%s: %s", result.path, result.error)
+    stems = dict(zip(files, output_stems(files)))
+    seeds = sample_seeds_for_inputs(seed, samples)
+    inputs_per_batch = max(1, batch_size // samples)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(files), desc=f"generating ({model.name})", unit="input", disable=not show_bar)
+    pending: list[tuple[Prepared, Result]] = []
+    finished = 0
+
+    def done(result: Result) -> None:
+        nonlocal finished
+        finished += 1
+        bar.update(1)
+        if result.error:
+            log.error("%s: %s", result.path, result.error)
+        elif not show_bar:
+            log.info("[%d/%d] %s -> %s", finished, len(files), result.path,
+                     ", ".join(p.name for p in [*result.wavs, result.spectrogram, *result.videos]))
+
+    def flush() -> None:
+        if not pending:
+            return
+        mels = _draw(model, [p for p, _ in pending], seeds, top_k, temperature)
+        for i, (prepared, result) in enumerate(pending):
+            try:
+                _write(model, prepared, mels[i * samples:(i + 1) * samples], stems[prepared.path], out_dir, mux,
+                       result, keep_mels)
+            except Exception as err:  # noqa: BLE001 - one input's failure (its mux, the disk) spares the others
+                result.error = f"could not write its outputs ({type(err).__name__}: {err})"
+            done(result)
+        pending.clear()
+
+    with tempfile.TemporaryDirectory(prefix="i2a-generate-") as tmp, logging_redirect_tqdm():
+        for i, path in enumerate(files):
+            result = Result(path)
+            results.append(result)
+            bar.set_postfix_str(path.name, refresh=False)
+            try:
+                prepared = prepare(path, model, Path(tmp) / f"{i:05d}")
+            except (InputError, FileNotFoundError) as err:
+                result.error = str(err)
+            except Exception as err:  # noqa: BLE001 - whatever else one file does, the others are still generated
+                result.error = f"could not be read ({type(err).__name__}: {err})"
+            if result.error:
+                done(result)
+                continue
+            result.kind = prepared.kind
+            pending.append((prepared, result))
+            if len(pending) >= inputs_per_batch:
+                flush()
+        flush()
+    bar.close()
+    return results
+
+
+# ------------------------------------------------------------------------------------------------------ the CLI
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2a", description="Image-to-audio with the study's models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser(
+        "generate", help="sound for your own images and videos",
+        description="Generate sounds for images (JPEG, PNG, WebP) and videos with a run's best checkpoint or a "
+                    "released SpecVQGAN transformer. Run it in the workflow's folder: the config's paths are "
+                    "relative to it. Exit status 1 when some inputs could not be used (the others are generated), "
+                    "2 when the model could not be loaded.")
+    gen.add_argument("inputs", nargs="+", type=Path, help="images, videos, or folders of them")
+    gen.add_argument("--config", default="config/config.yaml",
+                     help="the workflow config the model was made with, merged over the config.yaml beside it "
+                          "as snakemake --configfile merges over config/config.yaml (default: %(default)s)")
+    model = gen.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", help="a run of the config: its best checkpoint, the config's codebook and vocoder")
+    model.add_argument("--released", metavar="NAME",
+                       help="the authors' transformer and VAS codebook: resnet50_1feat, resnet50_5feat, "
+                            "resnet50_212feat or no_feats")
+    gen.add_argument("--out", type=Path, default=Path("generated"), help="output folder (default: %(default)s)")
+    gen.add_argument("--samples", type=int, default=1, help="sounds per input (default: %(default)s)")
+    gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's sampling.seed)")
+    gen.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the config's sampling.top_k)")
+    gen.add_argument("--temperature", type=float, default=None,
+                     help="sampling temperature (default: the config's sampling.temperature)")
+    gen.add_argument("--batch-size", type=int, default=None,
+                     help="sequences sampled at once (default: the config's sampling.batch_size)")
+    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
+    gen.add_argument("--mux", action="store_true", help="also write each video input's clip with the generated "
+                                                         "sound as an mp4")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("i2a").setLevel(logging.INFO)  # our progress lines; the libraries' chatter stays out
+    try:
+        config = load_config(args.config)
+        sampling = config["sampling"]
+        for option, value in (("--samples", args.samples), ("--top-k", args.top_k),
+                              ("--temperature", args.temperature), ("--batch-size", args.batch_size)):
+            if value is not None and value <= 0:
+                raise ModelError(f"{option} must be positive, got {value}")
+        if args.run is not None:
+            model = load_run_model(config, args.run, args.device, config_file=args.config)
+        else:
+            model = load_released_model(config, args.released, args.device)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # ModelError, and the loaders' own
+        log.error("error: %s", err)
+        return EXIT_MODEL_ERROR
+    log.info("%s: %s features, S=%d, %d tokens; %s vocoder; %d sample(s) per input -> %s", model.name,
+             model.spec.features, model.S, model.n_tokens, config["vocoder"]["kind"], args.samples, args.out)
+    results = generate(model, args.inputs, args.out, samples=args.samples,
+                       seed=sampling["seed"] if args.seed is None else args.seed,
+                       top_k=sampling["top_k"] if args.top_k is None else args.top_k,
+                       temperature=sampling["temperature"] if args.temperature is None else args.temperature,
+                       batch_size=args.batch_size or sampling["batch_size"], mux=args.mux)
+    failed = [r for r in results if r.error]
+    log.info("%d of %d inputs generated into %s%s", len(results) - len(failed), len(results), args.out,
+             f"; {len(failed)} could not be used (see the errors above)" if failed else "")
+    return EXIT_INPUT_ERRORS if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Lightning's learning-rate finder on one run's training data -> runs/<run>/lr_find.json (loss against LR, the
+suggested LR); the run keeps its configured base_lr unless that is auto."""
+from i2a.jobs import start_job
+from i2a.runspec import RunSpec
+from i2a.training.gpt import lr_find_run
+
+start_job(snakemake)
+lr_find_run(RunSpec.from_dict(snakemake.params.run),
+            {"train": snakemake.input.train_tokens, "valid": snakemake.input.valid_tokens},
+            {"train": snakemake.input.train_features, "valid": snakemake.input.valid_features},
+            snakemake.input.codebook, snakemake.output[0], snakemake.params.settings,
+            feature_stats=(snakemake.input.stats or [None])[0], loader=snakemake.config["loader"])
