@@ -1,0 +1,375 @@
+"""`i2a generate` on tiny random models: inputs, bad files, images as still videos, self-describing checkpoints.
+
+The demo's trained models (is the sound the picture's class?) are tested in test_workflow.py, on the demo run once.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from PIL import Image
+
+from conftest import REPO
+from media_files import toy_clip, write_streams
+
+from i2a import generate as gen
+from i2a.data.mel import MelSpec
+from i2a.features.backbones import build_backbone
+from i2a.features.extract import extract_clip_features, pad_and_crop_indices
+from i2a.models import released as released_registry
+from i2a.models.codebook import VQGANConfig, VQModel, check_codebook, codebook_fingerprint
+from i2a.models.gpt import CKPT_FORMAT, GPT, load_released_transformer, released_config, sample_frame_indices
+from i2a.models.vocoder import load_vocoder
+from i2a.runspec import GPTConfig, RunSpec
+
+S, N_MELS, CROP_FRAMES = 3, 80, 160
+TINY_CODEBOOK = VQGANConfig(ch=8, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(),
+                            resolution=CROP_FRAMES, z_channels=8, embed_dim=8, n_embed=16, norm_groups=4)
+N_TOKENS = (N_MELS // 16) * (CROP_FRAMES // 16)  # 5 x 10
+
+
+def tiny_gpt(features: str = "resnet18", feat_dim: int = 512, name: str = "tiny") -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=TINY_CODEBOOK.n_embed, block_size=N_TOKENS + S, layers=1, heads=2, embed=16,
+                    feat_dim=feat_dim)
+    gpt = GPT(cfg).eval()
+    gpt.run_spec = RunSpec(name=name, features=features, feat_sample_size=S, model=cfg)
+    gpt.codebook, gpt.feature_stats = None, None
+    return gpt
+
+
+def tiny_codebook() -> VQModel:
+    torch.manual_seed(1)
+    return VQModel(TINY_CODEBOOK).eval()
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return build_backbone("resnet18", weights="none", image_size=64)
+
+
+def tiny_model(encoder, features: bool = True) -> gen.SoundModel:
+    mel = MelSpec(keep_frames=172, crop_frames=CROP_FRAMES)
+    gpt = tiny_gpt() if features else tiny_gpt("none", 2048)
+    return gen.SoundModel(name="tiny", gpt=gpt, codebook=tiny_codebook(), encoder=encoder if features else None,
+                          vocoder=load_vocoder("griffin_lim", mel), mel=mel, seconds=2.0, fps=21.5, feat_frames=43,
+                          feat_crop=40, device=torch.device("cpu"))
+
+
+def save_image(path: Path, size=(96, 72), mode="RGB", seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4}[mode]
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8), mode).save(path)
+    return path
+
+
+def save_video(path: Path, seconds=1.0, audio=True, seed=0) -> Path:
+    frames, sound = toy_clip(seconds, seed=seed)
+    write_streams(path, frames, sound if audio else None)
+    return path
+
+
+# ---------------------------------------------------------------- inputs
+
+def test_a_folder_expands_to_its_images_and_videos_in_name_order(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ["b.png", "a.JPG", "c.webp", "d.mp4", "e.mkv", "notes.txt", ".hidden.png", "sub/f.png"]:
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    single = tmp_path / "single.jpeg"
+    single.write_bytes(b"x")
+    files, problems = gen.expand_inputs([single, folder, folder / "b.png", tmp_path / "missing.jpg",
+                                         tmp_path / "empty"])
+    assert [p.name for p in files] == ["single.jpeg", "a.JPG", "b.png", "c.webp", "d.mp4", "e.mkv"]
+    assert [(p.name, "no such" in why or "no images" in why) for p, why in problems] == [("missing.jpg", True),
+                                                                                       ("empty", True)]
+
+
+def test_output_stems_stay_distinct():
+    assert gen.output_stems([Path("a/x.jpg"), Path("b/x.png"), Path("y.mp4"), Path("c/x.webp")]) == \
+        ["x", "x-2", "y", "x-3"]
+
+
+def test_config_merges_like_snakemake():
+    base = {"audio": {"seconds": 10, "sample_rate": 22050}, "runs": [{"name": "a"}, {"name": "b"}]}
+    merged = gen.merge_config(base, {"audio": {"seconds": 2}, "runs": [{"name": "c"}]})
+    assert merged == {"audio": {"seconds": 2, "sample_rate": 22050}, "runs": [{"name": "c"}]}
+    config = gen.load_config(REPO / "config/demo.yaml")
+    assert config["audio"]["seconds"] == 2 and config["audio"]["sample_rate"] == 22050  # the demo over config.yaml
+    assert [r["name"] for r in config["runs"]] == ["resnet18-s5", "clip-s5", "no-feats"]
+
+
+def test_images_are_read_upright_as_rgb(tmp_path):
+    frame = gen.read_image(save_image(tmp_path / "rgba.png", (50, 30), "RGBA"))
+    assert frame.shape == (1, 30, 50, 3) and frame.dtype == np.uint8
+    webp = save_image(tmp_path / "x.webp", (40, 20))
+    assert gen.read_image(webp).shape == (1, 20, 40, 3)
+    # a phone photo stored sideways with an EXIF rotation is turned upright
+    image = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert gen.read_image(tmp_path / "rotated.jpg").shape == (1, 40, 20, 3)
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"", "not a readable image"),
+    (b"this is not a picture", "JPEG, PNG or WebP"),
+], ids=["empty", "text"])
+def test_a_bad_image_says_what_to_give(tmp_path, content, expected):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(gen.InputError, match=expected):
+        gen.read_image(path)
+
+
+def test_a_truncated_jpeg_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[:300])
+    with pytest.raises(gen.InputError, match="not a readable image"):
+        gen.read_image(path)
+
+
+def test_an_image_smaller_than_the_backbone_input_is_refused(tmp_path):
+    with pytest.raises(gen.InputError, match=r"40 x 30 pixels is smaller than the backbone's 64 x 64 input"):
+        gen.read_image(save_image(tmp_path / "small.png", (40, 30)), min_size=64)
+    assert gen.read_image(save_image(tmp_path / "wide.png", (64, 30)), min_size=64).shape == (1, 30, 64, 3)
+
+
+# ---------------------------------------------------------------- conditioning
+
+def test_condition_rows_follow_the_workflows_feature_padding_and_frame_choice():
+    # a 2 s clip at 21.5 fps: 43 frames, crop 40, S = 5, as the demo's features and runs
+    rows = gen.condition_rows(43, 43, 40, 5)
+    assert list(rows) == list(pad_and_crop_indices(43, 43, 40)[sample_frame_indices(40, 5)])
+    # the study's S = 1 takes the middle of the 212 frames of a 10 s clip
+    assert list(gen.condition_rows(215, 215, 212, 1)) == [107]
+    # a short clip is tiled, as the chain loops it; an image (one frame) shows that frame at every position
+    assert set(gen.condition_rows(3, 43, 40, 5)) <= {0, 1, 2}
+    assert list(gen.condition_rows(1, 215, 212, 212)) == [0] * 212
+
+
+def test_an_image_is_a_still_video(tmp_path, encoder):
+    model = tiny_model(encoder)
+    image = save_image(tmp_path / "still.png", (96, 72))
+    prepared = gen.prepare(image, model, tmp_path / "work")
+    assert prepared.kind == "image" and prepared.clip is None and prepared.feats.shape == (512, S)
+    # the same frame at every condition position, encoded as the workflow encodes a clip's frames
+    expected = extract_clip_features(encoder, gen.read_image(image))[0]
+    for column in prepared.feats.T:
+        np.testing.assert_array_equal(column, expected)
+
+
+def test_a_video_goes_through_the_chain_at_the_configs_rate(tmp_path, encoder):
+    model = tiny_model(encoder)
+    prepared = gen.prepare(save_video(tmp_path / "clip.mp4", seconds=3.0), model, tmp_path / "work")
+    assert prepared.kind == "video" and prepared.feats.shape == (512, S)
+    # the chain's clip: cut to the config's 2 s, frames read at 21.5 fps
+    from i2a.data.media import probe_clip, read_video_frames
+
+    assert abs(probe_clip(prepared.clip)["container_duration"] - 2.0) < 0.1
+    assert len(read_video_frames(prepared.clip, fps=21.5)) == 43
+    # a silent video is a video too: it gets silence to be measured and looped by
+    silent = gen.prepare(save_video(tmp_path / "silent.mp4", seconds=1.0, audio=False), model, tmp_path / "work2")
+    assert silent.feats.shape == (512, S)
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: write_streams(p, None, toy_clip(1.0)[1]), "no video track"),
+    (lambda p: p.write_bytes(b"\x00" * 1000), "cannot open"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+], ids=["audio-only", "garbage", "empty"])
+def test_a_bad_video_says_why(tmp_path, encoder, make, expected):
+    path = tmp_path / "bad.mp4"
+    make(path)
+    with pytest.raises(gen.InputError, match=expected):
+        gen.prepare(path, tiny_model(encoder), tmp_path / "work")
+
+
+# ---------------------------------------------------------------- generating
+
+def test_generate_writes_every_good_input_and_reports_the_bad_ones(tmp_path, encoder):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    save_image(folder / "a.png", (96, 72), seed=1)
+    save_image(folder / "b.jpg", (96, 72), seed=2)
+    save_video(folder / "c.mp4", seconds=1.0)
+    (folder / "corrupt.png").write_bytes(b"not a png")
+    save_image(folder / "tiny.webp", (16, 16))
+    (folder / "readme.txt").write_text("ignored: not an image or a video")
+    model = tiny_model(encoder)
+    out = tmp_path / "out"
+    results = gen.generate(model, [folder], out, samples=2, seed=3, top_k=8, batch_size=3, mux=True,
+                           keep_mels=True, progress=False)
+    by_name = {r.path.name: r for r in results}
+    assert set(by_name) == {"a.png", "b.jpg", "c.mp4", "corrupt.png", "tiny.webp"}
+    assert "not a readable image" in by_name["corrupt.png"].error
+    assert "smaller than the backbone" in by_name["tiny.webp"].error
+    for name in ["a.png", "b.jpg", "c.mp4"]:
+        result = by_name[name]
+        assert result.error is None
+        assert [p.name for p in result.wavs] == [f"{Path(name).stem}_sample00.wav", f"{Path(name).stem}_sample01.wav"]
+        info = soundfile.info(str(result.wavs[0]))
+        assert info.samplerate == 22050 and info.channels == 1 and info.frames == CROP_FRAMES * 256
+        assert Image.open(result.spectrogram).size == (CROP_FRAMES, 2 * N_MELS + 2)
+        assert result.mels.shape == (2, N_MELS, CROP_FRAMES)
+    assert [p.name for p in by_name["c.mp4"].videos] == ["c_sample00.mp4", "c_sample01.mp4"]
+    assert by_name["a.png"].videos == []  # images are not muxed
+    from i2a.data.media import probe_clip
+
+    assert probe_clip(by_name["c.mp4"].videos[0])["orig_sample_rate"] == 22050
+    # different pictures, different sounds; the two samples of one picture differ too
+    assert not np.array_equal(by_name["a.png"].mels, by_name["b.jpg"].mels)
+    assert not np.array_equal(by_name["a.png"].mels[0], by_name["a.png"].mels[1])
+
+
+def test_an_inputs_samples_depend_only_on_it_and_the_seed(tmp_path, encoder):
+    model = tiny_model(encoder)
+    a, b = save_image(tmp_path / "a.png", seed=1), save_image(tmp_path / "b.png", seed=2)
+    alone = gen.generate(model, [a], tmp_path / "alone", samples=2, seed=5, keep_mels=True, progress=False)
+    together = gen.generate(model, [b, a], tmp_path / "together", samples=2, seed=5, batch_size=4, keep_mels=True,
+                            progress=False)
+    np.testing.assert_allclose(alone[0].mels, together[1].mels, atol=1e-5)
+    other_seed = gen.generate(model, [a], tmp_path / "other", samples=2, seed=6, keep_mels=True, progress=False)
+    assert not np.allclose(alone[0].mels, other_seed[0].mels)
+
+
+def test_the_no_feats_baseline_ignores_the_picture(tmp_path, encoder):
+    model = tiny_model(encoder, features=False)
+    a, b = save_image(tmp_path / "a.png", seed=1), save_image(tmp_path / "b.png", seed=2)
+    results = gen.generate(model, [a, b], tmp_path / "out", samples=2, seed=0, progress=False)
+    for k in range(2):
+        assert results[0].wavs[k].read_bytes() == results[1].wavs[k].read_bytes()
+
+
+# ---------------------------------------------------------------- self-describing checkpoints
+
+def save_codebook(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    torch.save({"state_dict": VQModel(TINY_CODEBOOK).state_dict(), "config": TINY_CODEBOOK.to_dict()}, path)
+    return path
+
+
+def test_check_codebook_refuses_another_codebook(tmp_path):
+    first, second = save_codebook(tmp_path / "a.ckpt", 0), save_codebook(tmp_path / "b.ckpt", 1)
+    trained_on = codebook_fingerprint(first)
+    check_codebook(trained_on, first)
+    check_codebook(None, second)  # SpecVQGAN's files carry no fingerprint: nothing to compare
+    with pytest.raises(ValueError, match="trained on another codebook.*retrain the transformer"):
+        check_codebook(trained_on, second, transformer="best.ckpt")
+
+
+@pytest.fixture
+def trained_run(tmp_path, monkeypatch):
+    """A tiny run as the workflow leaves it: results/runs/tiny/best.ckpt (self-describing), its codebook, and a
+    config naming both; the current folder is the workflow's."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    codebook = save_codebook(tmp_path / "codebook.ckpt", 0)
+    gpt = tiny_gpt()
+    ckpt = tmp_path / "results/runs/tiny/best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"format": CKPT_FORMAT, "run_spec": gpt.run_spec.to_dict(), "codebook": codebook_fingerprint(codebook),
+                "feature_stats": None, "state_dict": gpt.state_dict()}, ckpt)
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    architecture = {k: v for k, v in TINY_CODEBOOK.to_dict().items() if k not in ("resolution", "in_channels",
+                                                                                 "out_ch", "dropout")}
+    config.update(results="results", codebook={"source": "train", "path": str(codebook), "model": architecture})
+    config["audio"]["crop_frames"] = CROP_FRAMES
+    config["backbones"] = {"resnet18": {"weights": "none", "image_size": 64}}
+    config["runs"] = [{"name": "tiny", "features": "resnet18", "feat_sample_size": S, "layers": 1, "heads": 2,
+                       "embed": 16}]
+    (tmp_path / "config/config.yaml").write_text((REPO / "config/config.yaml").read_text())
+    path = tmp_path / "config/tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_run_is_loaded_as_its_checkpoint_describes_it(trained_run):
+    model = gen.load_run_model(gen.load_config(trained_run), "tiny", "cpu")
+    assert (model.S, model.n_tokens, model.spec.features) == (S, N_TOKENS, "resnet18")
+    assert model.encoder.transform.crop == 64 and model.min_image_size == 64
+
+
+def test_a_run_with_another_codebook_or_backbone_is_refused(trained_run):
+    config = gen.load_config(trained_run)
+    other = save_codebook(Path("other.ckpt"), 1)
+    with pytest.raises(gen.ModelError, match="trained on another codebook"):
+        gen.load_run_model({**config, "codebook": {**config["codebook"], "path": str(other)}}, "tiny", "cpu")
+    clip_run = [{**config["runs"][0], "features": "clip_vit_b32"}]
+    with pytest.raises(gen.ModelError, match="trained on resnet18 features, the config's run tiny says clip_vit_b32"):
+        gen.load_run_model({**config, "runs": clip_run}, "tiny", "cpu")
+
+
+def test_the_cli_says_how_to_make_a_missing_model(trained_run, caplog):
+    image = save_image(Path("x.png"))
+    assert gen.main(["generate", "--config", str(trained_run), "--run", "nope", str(image)]) == gen.EXIT_MODEL_ERROR
+    assert "no run 'nope' in the config; its runs: tiny" in caplog.text
+    caplog.clear()
+    Path("results/runs/tiny/best.ckpt").unlink()
+    assert gen.main(["generate", "--config", str(trained_run), "--run", "tiny", str(image)]) == gen.EXIT_MODEL_ERROR
+    err = caplog.text
+    assert f"snakemake --cores 2 --configfile {trained_run} results/runs/tiny/best.ckpt" in err, err
+
+
+def test_the_cli_generates_and_exits_non_zero_after_a_bad_input(trained_run, caplog):
+    good, bad = save_image(Path("good.png")), Path("bad.jpg")
+    bad.write_bytes(b"junk")
+    code = gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "gen", "--samples", "2",
+                     "--seed", "1", str(bad), str(good)])
+    err = caplog.text
+    assert code == gen.EXIT_INPUT_ERRORS
+    assert "bad.jpg: not a readable image" in err and "1 of 2 inputs generated" in err
+    assert sorted(p.name for p in Path("gen").iterdir()) == ["good_sample00.wav", "good_sample01.wav",
+                                                             "good_spectrogram.png"]
+
+
+def test_the_released_loader_takes_its_shape_from_the_registry_and_the_codebook(tmp_path, monkeypatch):
+    # the registry's 24 x 16 x 1024 shape, with the vocabulary and tokens of whatever codebook it is paired with
+    cfg = released_config("resnet50_5feat", vocab_size=128, n_tokens=265)
+    assert (cfg.layers, cfg.heads, cfg.embed, cfg.feat_dim, cfg.block_size, cfg.vocab_size) == (24, 16, 1024, 2048,
+                                                                                               270, 128)
+    # a tiny stand-in with 2 heads, saved as SpecVQGAN's Lightning checkpoints are: loaded with 2 heads, not 16
+    entry = replace(released_registry.RELEASED["resnet50_5feat"], layers=1, heads=2, embed=16)
+    monkeypatch.setitem(released_registry.RELEASED, "resnet50_5feat", entry)
+    small = released_config("resnet50_5feat", vocab_size=16, n_tokens=N_TOKENS)
+    torch.manual_seed(0)
+    reference = GPT(small).eval()
+    path = tmp_path / "released.ckpt"
+    torch.save({"state_dict": {f"transformer.{k}": v for k, v in reference.state_dict().items()}}, path)
+    gpt = load_released_transformer("resnet50_5feat", vocab_size=16, n_tokens=N_TOKENS, path=path)
+    assert gpt.config.heads == 2 and gpt.run_spec.feat_sample_size == 5 and gpt.run_spec.features == "resnet50"
+    feats, idx = torch.randn(1, 2048, 5), torch.randint(0, 16, (1, 4))
+    torch.testing.assert_close(gpt(idx, feats), reference(idx, feats))
+    with pytest.raises(ValueError, match="vocab_size: the checkpoint has 16, the run says 32"):
+        load_released_transformer("resnet50_5feat", vocab_size=32, n_tokens=N_TOKENS, path=path)
+    with pytest.raises(FileNotFoundError, match="snakemake --cores 1 resources/checkpoints/no_feats.ckpt"):
+        load_released_transformer("no_feats", vocab_size=128, n_tokens=265, path=tmp_path / "absent.ckpt")
+
+
+def test_the_cli_names_the_command_that_fetches_a_released_model(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # no resources/ here
+    code = gen.main(["generate", "--config", str(REPO / "config/config.yaml"), "--released", "resnet50_1feat",
+                     str(save_image(tmp_path / "x.png"))])
+    err = caplog.text
+    assert code == gen.EXIT_MODEL_ERROR
+    assert ("snakemake --cores 1 resources/checkpoints/resnet50_1feat.ckpt resources/checkpoints/vas_codebook.ckpt "
+            "resources/checkpoints/melgan.ckpt resources/weights/resnet50-0676ba61.pth") in err, err
+
+
+def test_the_console_script_is_declared():
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["i2a"].split(":")
+    assert module == "i2a.generate" and callable(getattr(sys.modules[module], function))
