@@ -131,7 +131,6 @@ rule compare_with_baseline:
         runtime=by_attempt(120),
         # numpy only: the paired bootstrap of two rows of 768 videos x 10 samples (1,000 replicates) peaks at 0.6 GB
         mem_mb=by_attempt(4000),
-        gpu=GPU,
     params:
         metrics=config["metrics"],
         baseline=BASELINE,
