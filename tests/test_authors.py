@@ -4,17 +4,15 @@ own data chain puts its shards; the authors' sample files of ../shared imported 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import pickle
-import tarfile
-import threading
 
 import numpy as np
 import pytest
 import yaml
 
 from conftest import REPO, shared_path
+from loopback import ranged, serve, tar_bytes
 from i2a.data import authors
 from i2a.data.clips import Shard, read_clip_table
 from i2a.features.extract import pad_and_crop
@@ -25,16 +23,6 @@ FEATS_TAR = "dog_feature_resnet50_dim2048_21.5fps.tar"
 CLIPS = ["dog/video_00001", "dog/video_00002", "dog/video_00003", "dog/video_00004"]
 LISTS = {"vas_train.txt": "dog/video_00001\ndog/video_00002\ndog/video_00003\n",
          "vas_valid.txt": "dog/video_00004\ndog/video_00005\n"}  # video_00005 is in no tar: listed, skipped
-
-
-def tar_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -61,36 +49,24 @@ def checksum_list(files: dict[str, bytes]) -> str:
     return "".join(f"{hashlib.md5(data).hexdigest()}  ./downloaded_features/{name}\n" for name, data in files.items())
 
 
-class FileServer(http.server.BaseHTTPRequestHandler):
-    """Serves `files` under /vas/ and /lists/, honouring Range (resumed downloads); records every request."""
+class FileServer:
+    """What the loopback server serves under /vas/ and /lists/ (Range honoured: resumed downloads), and every
+    request it got."""
 
     files: dict[str, bytes] = {}
     requests: list[tuple[str, str | None]] = []
 
-    def do_GET(self):  # noqa: N802
-        name = self.path.rsplit("/", 1)[-1]
-        FileServer.requests.append((name, self.headers.get("Range")))
-        if name not in self.files:
-            self.send_error(404)
-            return
-        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
-        body = self.files[name][start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.end_headers()
-        self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
+def _respond(path, range_header):
+    name = path.rsplit("/", 1)[-1]
+    FileServer.requests.append((name, range_header))
+    return ranged(FileServer.files[name], range_header) if name in FileServer.files else (404, b"", "")
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve(_respond) as base:
+        yield base
 
 
 # ---------------------------------------------------------------- the checksum list and the files it names

@@ -1,59 +1,43 @@
 """Downloads: resume, digest checks, atomic results, safe unpacking (a loopback HTTP server, no internet)."""
 import hashlib
-import http.server
 import io
-import tarfile
-import threading
 import zipfile
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from loopback import ranged, serve, tar_bytes
 from i2a.download import (DownloadError, download, extract_checkpoint, record_or_check_md5, unpack_zip)
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
 
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    requests: list = []
-
-    def do_GET(self):  # noqa: N802
-        RangeHandler.requests.append(self.headers.get("Range"))
-        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
-        body = PAYLOAD[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def server():
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), RangeHandler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    RangeHandler.requests = []
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/file.bin"
-    httpd.shutdown()
+    """A file server that honours Range; `.requests` lists the Range header of every request."""
+    requests = []
+
+    def respond(path, range_header):
+        requests.append(range_header)
+        return ranged(PAYLOAD, range_header)
+
+    with serve(respond) as base:
+        yield SimpleNamespace(url=f"{base}/file.bin", requests=requests)
 
 
 def test_download_resumes_a_partial_file_and_checks_md5(server, tmp_path):
     dest = tmp_path / "file.bin"
     (tmp_path / "file.bin.part").write_bytes(PAYLOAD[:1000])
-    download(server, dest, md5=hashlib.md5(PAYLOAD).hexdigest())
+    download(server.url, dest, md5=hashlib.md5(PAYLOAD).hexdigest())
     assert dest.read_bytes() == PAYLOAD
-    assert RangeHandler.requests == ["bytes=1000-"]
+    assert server.requests == ["bytes=1000-"]
     assert not (tmp_path / "file.bin.part").exists()
 
 
 def test_wrong_md5_leaves_nothing_under_the_final_name(server, tmp_path):
     dest = tmp_path / "file.bin"
     with pytest.raises(DownloadError, match="does not match"):
-        download(server, dest, md5="0" * 32)
+        download(server.url, dest, md5="0" * 32)
     assert not dest.exists() and not (tmp_path / "file.bin.part").exists()
 
 
@@ -74,11 +58,8 @@ def test_md5_is_recorded_then_checked_on_reuse(tmp_path):
 
 def test_extract_checkpoint_finds_the_ckpt_in_a_specvqgan_archive(tmp_path):
     archive = tmp_path / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in [("logs/x/checkpoints/epoch_259.ckpt", b"weights"), ("logs/x/configs/a.yaml", b"c")]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    archive.write_bytes(tar_bytes({"logs/x/checkpoints/epoch_259.ckpt": b"weights", "logs/x/configs/a.yaml": b"c"},
+                                  gzip=True))
     out = extract_checkpoint(archive, tmp_path / "vas_codebook.ckpt")
     assert out.read_bytes() == b"weights"
 
@@ -92,35 +73,21 @@ def test_unpack_zip_refuses_paths_outside_the_target(tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path.parent / "escape.txt").exists()
 
 
-class DriveHandler(http.server.BaseHTTPRequestHandler):
-    """Google Drive's answer for a large file: a warning page whose form leads to the file."""
-
-    def do_GET(self):  # noqa: N802
-        if self.path.startswith("/uc"):
-            body = (b'<html><body><form id="download-form" action="/download" method="get">'
-                    b'<input type="hidden" name="id" value="abc"><input type="hidden" name="export" value="download">'
-                    b'<input type="hidden" name="confirm" value="t"></form></body></html>')
-            kind = "text/html; charset=utf-8"
-        elif self.path == "/download?id=abc&export=download&confirm=t":
-            body, kind = PAYLOAD, "application/octet-stream"
-        else:  # quota page: no form
-            body, kind = b"<html><body>Too many users have viewed or downloaded this file</body></html>", "text/html"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", kind)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture()
 def drive():
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), DriveHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    """Google Drive's answer for a large file: a warning page whose form leads to the file."""
+    def respond(path, range_header):
+        if path.startswith("/uc"):
+            return 200, (b'<html><body><form id="download-form" action="/download" method="get">'
+                         b'<input type="hidden" name="id" value="abc"><input type="hidden" name="export" '
+                         b'value="download"><input type="hidden" name="confirm" value="t"></form></body></html>'), \
+                "text/html; charset=utf-8"
+        if path == "/download?id=abc&export=download&confirm=t":
+            return 200, PAYLOAD, "application/octet-stream"
+        return 200, b"<html><body>Too many users have viewed or downloaded this file</body></html>", "text/html"
+
+    with serve(respond) as base:
+        yield base
 
 
 def test_google_drive_warning_page_is_followed_to_the_file(drive, tmp_path):
@@ -163,44 +130,27 @@ def _zip_bytes(n_clips: int) -> bytes:
     return buf.getvalue()
 
 
-class TruncatingHandler(http.server.BaseHTTPRequestHandler):
-    """Serves VAS.zip cut short (a proxy that dropped the connection, announced as complete) until told not to."""
-    truncated = True
-    body = _zip_bytes(3)
-
-    def do_GET(self):  # noqa: N802
-        body = self.body[: len(self.body) // 2] if TruncatingHandler.truncated else self.body
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Content-Type", "application/zip")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_a_truncated_first_download_is_never_recorded_as_the_truth(tmp_path):
     """Issue 12.4: with no vas.md5, the first download's MD5 was trusted even when it was truncated, and every later
     run failed 'MD5 differs from the one recorded' until someone deleted VAS.zip.md5."""
     from i2a.data.clips import unpack_vas
     from i2a.download import fetch_archive
 
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), TruncatingHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/VAS.zip"
+    whole = _zip_bytes(3)
+    truncated = [True]  # a proxy that drops the connection, announcing the cut file as complete
+
+    def respond(path, range_header):
+        return 200, whole[: len(whole) // 2] if truncated[0] else whole, "application/zip"
+
     dest = tmp_path / "VAS.zip"
-    try:
-        TruncatingHandler.truncated = True
+    with serve(respond) as base:
         with pytest.raises(DownloadError, match="incomplete or damaged.*moved aside.*run the rule again"):
-            fetch_archive(url, dest)
+            fetch_archive(f"{base}/VAS.zip", dest)
         assert not dest.exists() and not (tmp_path / "VAS.zip.md5").exists()
         assert (tmp_path / "VAS.zip.part.bad").exists()
-        TruncatingHandler.truncated = False  # the rule's next attempt
-        md5 = fetch_archive(url, dest)
-    finally:
-        httpd.shutdown()
-    assert md5 == hashlib.md5(TruncatingHandler.body).hexdigest()
+        truncated[0] = False  # the rule's next attempt
+        md5 = fetch_archive(f"{base}/VAS.zip", dest)
+    assert md5 == hashlib.md5(whole).hexdigest()
     assert (tmp_path / "VAS.zip.md5").read_text().split()[0] == md5
     assert unpack_vas(dest, tmp_path / "raw") == {"dog": 3}
 

@@ -6,17 +6,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import http.server
-import io
 import json
-import tarfile
-import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from conftest import REPO
+from loopback import serve, tar_bytes
 from i2a.config import ConfigError, validate_config
 from i2a.models import released as registry
 from test_workflow import copy_workflow, planned_jobs, snakemake
@@ -100,50 +98,31 @@ def transformer_archive(stamp: str, n_head: int = 16, S: int = 5) -> bytes:
                             "feat_sampler_cfg": {"params": {"feat_sample_size": S}}}}}
     members = {f"logs/{stamp}_vas_transformer/checkpoints/epoch_010.ckpt": b"weights",
                f"logs/{stamp}_vas_transformer/configs/{stamp}-project.yaml": yaml.safe_dump(config).encode()}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
-class ArchiveServer(http.server.BaseHTTPRequestHandler):
-    payload = b""
-
-    def do_GET(self):  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.payload)))
-        self.send_header("Content-Type", "application/octet-stream")
-        self.end_headers()
-        self.wfile.write(self.payload)
-
-    def log_message(self, *args):
-        pass
+    return tar_bytes(members, gzip=True)
 
 
 @pytest.fixture()
 def archive_server():
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), ArchiveServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/model.tar.gz"
-    httpd.shutdown()
+    """Serves `archive_server.payload` (set by the test) as model.tar.gz."""
+    state = SimpleNamespace(payload=b"")
+    with serve(lambda path, range_header: (200, state.payload, "application/octet-stream")) as base:
+        state.url = f"{base}/model.tar.gz"
+        yield state
 
 
 @pytest.mark.parametrize("n_head, fits", [(16, True), (8, False)])
 def test_fetching_a_released_transformer_checks_it_and_records_what_it_is(archive_server, tmp_path, monkeypatch,
                                                                           n_head, fits):
-    ArchiveServer.payload = transformer_archive("2021-07-29T14-51-25", n_head=n_head)
-    entry = dataclasses.replace(registry.released("resnet50_5feat"), md5=hashlib.md5(ArchiveServer.payload).hexdigest())
+    archive_server.payload = transformer_archive("2021-07-29T14-51-25", n_head=n_head)
+    entry = dataclasses.replace(registry.released("resnet50_5feat"), md5=hashlib.md5(archive_server.payload).hexdigest())
     monkeypatch.setitem(registry.RELEASED, "resnet50_5feat", entry)
     dest = tmp_path / "resnet50_5feat.ckpt"
     if not fits:
         with pytest.raises(ValueError, match="heads: the checkpoint has 8, i2a/models/released.py says 16"):
-            registry.fetch_released("resnet50_5feat", dest, url=archive_server)
+            registry.fetch_released("resnet50_5feat", dest, url=archive_server.url)
         assert not dest.exists()
         return
-    registry.fetch_released("resnet50_5feat", dest, url=archive_server)
+    registry.fetch_released("resnet50_5feat", dest, url=archive_server.url)
     assert dest.read_bytes() == b"weights"
     assert json.loads(dest.with_suffix(".json").read_text()) == {
         "features": "resnet50", "feat_sample_size": 5, "layers": 24, "heads": 16, "embed": 1024, "vocab_size": 128,
