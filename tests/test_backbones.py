@@ -6,7 +6,7 @@ import torchvision
 import torchvision.transforms as T
 
 from i2a.checksum import ChecksumError, file_digest, verify_file
-from i2a.features.backbones import WeightsNotFoundError, build_backbone, fetch_weights, load_state_dict
+from i2a.features.backbones import WeightsNotFoundError, build_backbone, fetch_weights
 from i2a.features.registry import BACKBONES, CLIP_PREPROCESS, VIDEO_FEATURES_CNN, weights_file
 
 EXPECTED_DIMS = {"resnet18": 512, "resnet50": 2048, "efficientnet_v2_s": 1280, "efficientnet_v2_m": 1280,

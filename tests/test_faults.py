@@ -290,10 +290,10 @@ def test_a_large_video_is_scaled_while_decoding(tmp_path):
 def test_one_unreadable_clip_never_fails_its_shard(tmp_path):
     """Issue 12.6: one clip failed the whole extract_features shard; now it gets a NaN row and its reason, the
     others their features, and training leaves it out."""
-    from i2a.data.store import ShardedArray
+    from i2a.data.store import ShardedArray, finite_rows
     from i2a.features.backbones import build_backbone
     from i2a.features.extract import extract_features
-    from i2a.training.gpt import GPTDataset, finite_rows
+    from i2a.training.gpt import GPTDataset
 
     frames, audio = toy_clip(0.5, seed=0)
     good = tmp_path / "good.mp4"
@@ -316,13 +316,10 @@ def test_one_unreadable_clip_never_fails_its_shard(tmp_path):
 # ---------------------------------------------------------------------------------------------- config values
 def _demo_config() -> dict:
     """config/config.yaml with config/demo.yaml merged over it, as `--configfile` does."""
-    def merge(base, over):
-        for k, v in over.items():
-            base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-        return base
+    from i2a.config import merge_config
 
-    return merge(yaml.safe_load((REPO / "config/config.yaml").read_text()),
-                 yaml.safe_load((REPO / "config/demo.yaml").read_text()))
+    return merge_config(yaml.safe_load((REPO / "config/config.yaml").read_text()),
+                        yaml.safe_load((REPO / "config/demo.yaml").read_text()))
 
 
 @pytest.mark.parametrize("edit, key", [

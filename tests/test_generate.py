@@ -19,6 +19,7 @@ from PIL import Image
 from conftest import REPO
 from media_files import toy_clip, write_streams
 
+from i2a.config import merge_config
 from i2a import generate as gen
 from i2a.data.mel import MelSpec
 from i2a.features.backbones import build_backbone
@@ -100,7 +101,7 @@ def test_output_stems_stay_distinct():
 
 def test_config_merges_like_snakemake():
     base = {"audio": {"seconds": 10, "sample_rate": 22050}, "runs": [{"name": "a"}, {"name": "b"}]}
-    merged = gen.merge_config(base, {"audio": {"seconds": 2}, "runs": [{"name": "c"}]})
+    merged = merge_config(base, {"audio": {"seconds": 2}, "runs": [{"name": "c"}]})
     assert merged == {"audio": {"seconds": 2, "sample_rate": 22050}, "runs": [{"name": "c"}]}
     config = gen.load_config(REPO / "config/demo.yaml")
     assert config["audio"]["seconds"] == 2 and config["audio"]["sample_rate"] == 22050  # the demo over config.yaml

@@ -1,6 +1,5 @@
 """preprocess_clip on good and bad inputs, and read_video_frames' fps selection against ffmpeg's fps filter."""
 import subprocess
-from fractions import Fraction
 
 import av
 import numpy as np

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from i2a.evaluation.table import build_table, clip_counts

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, shared_path
+from conftest import shared_path
 from i2a.data.clips import Shard, read_clip_table
 from media_files import toy_clip, write_streams
 from test_workflow import copy_workflow, snakemake

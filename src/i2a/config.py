@@ -209,6 +209,35 @@ def check_config_semantics(config: dict[str, Any]) -> None:
         raise ConfigError("config key melception.stats: the released Melception needs its per-mel-bin statistics")
 
 
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Snakemake's `--configfile` merge: dicts key by key, anything else (the runs list) replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = merge_config(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# a component the workflow trains or fetches: its config section, where training writes it (under the results
+# folder) and its released name
+COMPONENTS = {"codebook": ("codebook", "codebook/codebook.ckpt", "vas_codebook"),
+              "melgan": ("vocoder", "vocoder/melgan.ckpt", "melgan"),
+              "melception": ("melception", "eval/melception.ckpt", "melception")}
+
+
+def component_checkpoint(config: dict[str, Any], component: str) -> str:
+    """The file a component is read from: the config's `path`, the one trained in this workflow, or the released."""
+    section, trained, released_name = COMPONENTS[component]
+    settings = config[section]
+    if settings.get("path"):
+        return str(settings["path"])
+    if settings["source"] == "train":
+        return f"{config['results']}/{trained}"
+    return released(released_name).local_path
+
+
 def baseline_run(config: dict[str, Any]) -> str | None:
     """The run every row is compared with: `baseline:`, else the only run without features (None if not one)."""
     if config["baseline"] is not None:

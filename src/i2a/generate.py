@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import yaml
 
+from i2a.config import component_checkpoint, merge_config
+
 log = logging.getLogger("i2a.generate")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -46,17 +48,6 @@ class ModelError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------------ config
-
-def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Snakemake's `--configfile` merge: dicts key by key, anything else (the runs list) replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merged[key] = merge_config(base[key], value)
-        else:
-            merged[key] = value
-    return merged
-
 
 def _schema_path() -> Path:
     """The workflow's schema: in the current folder (the workflow's), else beside this package's source."""
@@ -84,24 +75,12 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{path}: {err}") from None
 
 
-def _component(config: dict[str, Any], section: str, trained: str, released_name: str) -> Path:
-    """A codebook or vocoder file as the workflow picks it: the config's path, the trained one or the released."""
-    settings = config[section]
-    if settings.get("path"):
-        return Path(settings["path"])
-    if settings["source"] == "train":
-        return Path(config["results"]) / trained
-    from i2a.models.released import released
-
-    return Path(released(released_name).local_path)
-
-
 def codebook_path(config: dict[str, Any]) -> Path:
-    return _component(config, "codebook", "codebook/codebook.ckpt", "vas_codebook")
+    return Path(component_checkpoint(config, "codebook"))
 
 
 def melgan_path(config: dict[str, Any]) -> Path:
-    return _component(config, "vocoder", "vocoder/melgan.ckpt", "melgan")
+    return Path(component_checkpoint(config, "melgan"))
 
 
 # ------------------------------------------------------------------------------------------------------ the model

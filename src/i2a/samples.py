@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from i2a.atomic import atomic_path
 from i2a.data.mel import MelSpec
-from i2a.data.store import ShardedArray
+from i2a.data.store import ShardedArray, finite_rows
 from i2a.device import pick_device
 from i2a.models.gpt import (load_transformer, random_features, sample_frame_indices, sample_tokens,
                             standardize_features)
@@ -95,8 +95,6 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
     if feats is not None and len(feats) != n_videos:
         raise ValueError(f"{len(feats)} feature rows for {n_videos} validation videos")
     if feats is not None:
-        from i2a.training.gpt import finite_rows
-
         missing = np.flatnonzero(~finite_rows(feats))
         if len(missing):  # every validation video is scored, so there is no leaving one out quietly here
             raise ValueError(f"validation videos {missing.tolist()[:10]} have no features (their extraction failed; "

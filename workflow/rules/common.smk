@@ -12,7 +12,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 from i2a.checksum import listing_digest
-from i2a.config import ConfigError, baseline_run, validate_config
+from i2a.config import ConfigError, baseline_run, component_checkpoint, validate_config
 from i2a.lock import AnotherRunError, guard
 from i2a.data import authors
 from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
@@ -133,24 +133,16 @@ def released_checkpoint(name):
     return released(name).local_path
 
 
-def component_checkpoint(section, trained_path, released_name):
-    """A local path from the config, the released checkpoint, or the one trained in this workflow."""
-    cfg = config[section]
-    if cfg.get("path"):
-        return cfg["path"]
-    return trained_path if cfg["source"] == "train" else released_checkpoint(released_name)
-
-
 def codebook_checkpoint():
-    return component_checkpoint("codebook", f"{R}/codebook/codebook.ckpt", "vas_codebook")
+    return component_checkpoint(config, "codebook")
 
 
 def melgan_checkpoint():
-    return component_checkpoint("vocoder", f"{R}/vocoder/melgan.ckpt", "melgan")
+    return component_checkpoint(config, "melgan")
 
 
 def melception_checkpoint():
-    return component_checkpoint("melception", f"{R}/eval/melception.ckpt", "melception")
+    return component_checkpoint(config, "melception")
 
 
 def melception_stats():

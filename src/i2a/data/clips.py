@@ -45,8 +45,8 @@ def find_clips(raw_dir: str | Path) -> tuple[list[tuple[str, Path]], list[tuple[
         if not top.is_dir():
             rejected.append((top.name, "not inside a class folder (expected <class>/<clip>.mp4)"))
             continue
-        if _unsafe_name(top.name):
-            rejected.append((top.name, f"class folder name {_unsafe_name(top.name)}: rename it"))
+        if problem := _unsafe_name(top.name):
+            rejected.append((top.name, f"class folder name {problem}: rename it"))
             continue
         for path in entries(top):
             rel = f"{top.name}/{path.name}"
@@ -65,8 +65,8 @@ def find_clips(raw_dir: str | Path) -> tuple[list[tuple[str, Path]], list[tuple[
                                       "must sit directly in <class>/"))
             elif path.suffix.lower() not in VIDEO_SUFFIXES:
                 rejected.append((rel, f"not a video file name (suffixes read: {' '.join(sorted(VIDEO_SUFFIXES))})"))
-            elif _unsafe_name(path.name):
-                rejected.append((rel, f"file name {_unsafe_name(path.name)}: rename the file"))
+            elif problem := _unsafe_name(path.name):
+                rejected.append((rel, f"file name {problem}: rename the file"))
             else:
                 clips.append((f"{top.name}/{path.stem}", path))
     names = [c[0] for c in clips]

@@ -36,7 +36,6 @@ import functools
 import importlib.util
 import logging
 import os
-import re
 import shutil
 import subprocess
 import tempfile

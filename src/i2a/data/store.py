@@ -113,3 +113,10 @@ class ShardedArray:
     def to_array(self) -> np.ndarray:
         """Everything in memory: only for small splits (the demo, the 768 validation clips)."""
         return np.concatenate([np.asarray(a) for a in self.arrays], axis=0)
+
+
+def finite_rows(feats, chunk: int = 64) -> np.ndarray:
+    """Which rows of an [N, frames, D] array are all finite; a failed extraction leaves a row of NaN."""
+    arrays = getattr(feats, "arrays", [feats])  # a ShardedArray's memory maps, read in slices
+    return np.concatenate([np.isfinite(np.asarray(a[i:i + chunk])).all(axis=(1, 2))
+                           for a in arrays for i in range(0, len(a), chunk)] or [np.zeros(0, bool)])

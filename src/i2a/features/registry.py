@@ -9,7 +9,7 @@ reads it without importing torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 DEFAULT_CACHE_DIR = "resources/weights"

@@ -14,7 +14,6 @@ and `z` the codebook tokens in column-major order; position `S - 1 + t` predicts
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import NamedTuple, Sequence
 

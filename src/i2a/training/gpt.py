@@ -304,7 +304,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
 
 def gpt_dataset(spec: RunSpec, token_files: Sequence[str | Path], feature_files: Sequence[str | Path]) -> GPTDataset:
     """Tokens and (memory-mapped) features of a split; random features for the no-feats baseline."""
-    from i2a.data.store import ShardedArray
+    from i2a.data.store import ShardedArray, finite_rows
 
     tokens = ShardedArray(token_files)
     if spec.features == "none":
@@ -317,12 +317,6 @@ def gpt_dataset(spec: RunSpec, token_files: Sequence[str | Path], feature_files:
                     "they are left out", len(feats) - len(keep), len(feats))
     return GPTDataset(tokens, feats, spec.feat_sample_size, seed=spec.train.seed, keep=keep)
 
-
-def finite_rows(feats: Any, chunk: int = 64) -> np.ndarray:
-    """Which rows of an [N, frames, D] array are all finite; a failed extraction leaves a row of NaN."""
-    arrays = getattr(feats, "arrays", [feats])  # a ShardedArray's memory maps, read in slices
-    return np.concatenate([np.isfinite(np.asarray(a[i:i + chunk])).all(axis=(1, 2))
-                           for a in arrays for i in range(0, len(a), chunk)] or [np.zeros(0, bool)])
 
 
 def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[str, Sequence[str]],
