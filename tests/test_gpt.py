@@ -126,7 +126,7 @@ def test_rows_do_not_depend_on_their_batch(fixed_shapes):
 
 
 def test_large_batch_rows_match_small_batches():
-    """300 rows (past the CPU's few-rows matmul layout) give each row the tokens it gets in a batch of 3."""
+    """300 rows (another matmul blocking than 3 rows) give each row the tokens it gets in a batch of 3."""
     model = _tiny_model(4)
     feats = torch.randn(300, 6, 4)
     seeds = list(range(100, 400))
@@ -173,6 +173,23 @@ def test_fixed_shape_step_runs_the_same_ops_on_the_same_shapes():
     with torch.no_grad():
         prefix.prefill(feats)
     assert _step_ops(prefix) != _step_ops(prefix)
+
+
+def test_sampler_linears_are_reordered_for_onednn_on_the_cpu():
+    """The CPU decode step's speed comes from weights reordered once for oneDNN; their products are F.linear's."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    model = _tiny_model(7)
+    sampler = TokenSampler(model, 4, torch.rand(3, 12), top_k=8)
+    block = model.blocks[0]
+    for lin, ref in ((sampler.layers[0].fc, block.mlp[0]), (sampler.layers[0].out, block.mlp[2]),
+                     (sampler.head, model.head)):
+        assert lin.packed is not None
+        x = torch.randn(3, 1, ref.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x), ref(x), rtol=1e-5, atol=1e-5)
+    bf16 = TokenSampler(model, 4, torch.rand(3, 12), top_k=8, dtype=torch.bfloat16)
+    assert bf16.layers[0].fc.packed is None  # bf16 goes through F.linear
 
 
 def test_bf16_sampling_runs():
