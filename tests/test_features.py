@@ -137,3 +137,26 @@ def test_golden_resnet50_features_match_the_authors(tmp_path):
         assert ref.shape == feats.shape == (215, 2048)
         cos = (ref * feats).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(feats, axis=1))
         assert cos.min() >= 0.99, f"{clip}: per-frame cosine min {cos.min():.4f}, mean {cos.mean():.4f}"
+
+
+def test_feature_statistics_and_clip_means_in_one_chunked_pass(tmp_path):
+    """Statistics over the finite clips and every clip's mean over frames, read 256 clips at a time from memory
+    maps, equal the same sums over the whole arrays; a failed extraction (NaN) stays out of the statistics."""
+    from i2a.features.probe import clip_means, feature_statistics
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(3.0, 2.0, (300, 4, 6)).astype(np.float16), rng.normal(size=(5, 4, 6)).astype(np.float16)]
+    arrays[0][7] = np.nan
+    paths = []
+    for i, a in enumerate(arrays):
+        paths.append(tmp_path / f"{i}.npy")
+        np.save(paths[-1], a)
+    maps = [np.load(p, mmap_mode="r") for p in paths]
+    mean, std, means = feature_statistics(maps)
+    whole = np.concatenate(arrays).astype(np.float64)
+    finite = whole[np.isfinite(whole).all(axis=(1, 2))].reshape(-1, 6)
+    np.testing.assert_allclose(mean, finite.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(std, finite.std(0), rtol=1e-9)
+    expected = np.concatenate([a.astype(np.float64).mean(axis=1) for a in arrays])
+    np.testing.assert_array_equal(means, expected)  # NaN for the failed clip, in the same place
+    np.testing.assert_array_equal(clip_means(maps), expected)

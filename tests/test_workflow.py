@@ -455,7 +455,8 @@ def test_a_picture_generates_the_sound_of_its_class(demo, valid_frames, run, tmp
     """The middle frame of each validation video, given as an image: the demo's Melception hears that video's
     class in the generated spectrograms far above chance (4 classes: 25%)."""
     from i2a import generate
-    from i2a.evaluation.scoring import evaluator_outputs, load_evaluator
+    from i2a.evaluation.scoring import load_evaluator
+    from i2a.models.melception import melception_outputs
 
     workdir, _ = demo
     monkeypatch.chdir(workdir)
@@ -466,7 +467,7 @@ def test_a_picture_generates_the_sound_of_its_class(demo, valid_frames, run, tmp
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     evaluator, stats = load_evaluator(workdir / "results/demo/eval/melception.ckpt")
     mels = np.concatenate([r.mels for r in results])
-    logits = evaluator_outputs(evaluator, mels, stats)["logits"].reshape(len(results), 4, -1)
+    logits = melception_outputs(evaluator, mels, stats)["logits"].reshape(len(results), 4, -1)
     heard = np.asarray(evaluator.class_names)[logits.argmax(-1)]
     shown = np.asarray([valid_frames[r.path] for r in results])[:, None]
     rate, chance = float((heard == shown).mean()), 1 / len(evaluator.class_names)

@@ -345,6 +345,12 @@ def _resample_counts(rng: np.random.Generator, n_videos: int) -> np.ndarray:
     return np.bincount(rng.integers(0, n_videos, n_videos), minlength=n_videos)
 
 
+def _replicates(score: Callable[[np.ndarray], float], n_videos: int, n_boot: int, seed: int) -> np.ndarray:
+    """`score` of n_boot resamples of the videos, each given as per-video counts; the same draws for a seed."""
+    rng = np.random.default_rng(seed)
+    return np.array([score(_resample_counts(rng, n_videos)) for _ in range(n_boot)], dtype=np.float64)
+
+
 def _interval(point: float, boots: np.ndarray, level: float, method: str, what: str) -> tuple[float, float]:
     """(low, high) from bootstrap replicates, 'percentile' or 'centered' (see bootstrap_ci)."""
     alpha = (1.0 - level) / 2.0
@@ -387,14 +393,14 @@ def bootstrap_ci(per_video_fake: np.ndarray, per_video_real: np.ndarray,
     _check_level(level)
     if method not in ("centered", "percentile"):
         raise ValueError(f"method must be 'centered' or 'percentile', got {method!r}")
-    rng = np.random.default_rng(seed)
     n = len(fake)
     score = _weighted_scorer(metric, fake, real)
     if score is not None:
         point = score(np.ones(n))
-        boots = np.array([score(_resample_counts(rng, n)) for _ in range(n_boot)])
+        boots = _replicates(score, n, n_boot, seed)
     else:
         point = metric(fake, real)
+        rng = np.random.default_rng(seed)
         boots = np.empty(n_boot)
         for b in range(n_boot):
             idx = rng.integers(0, n, n)
@@ -430,12 +436,8 @@ def paired_bootstrap(fake_a: np.ndarray, fake_b: np.ndarray, real: np.ndarray, m
             raise ValueError(f"run {name}: expected (V, K, ...) or (V, R, K, ...) for real {real.shape}, "
                              f"got {fake.shape}")
     score_a, score_b = scorers
-    rng = np.random.default_rng(seed)
     point = score_a(np.ones(n)) - score_b(np.ones(n))
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        w = _resample_counts(rng, n)
-        boots[b] = score_a(w) - score_b(w)
+    boots = _replicates(lambda w: score_a(w) - score_b(w), n, n_boot, seed)
     low, high = _interval(point, boots, level, "centered", f"paired bootstrap over {n} videos ({metric}, a - b)")
     return float(point), low, high
 
@@ -463,9 +465,7 @@ def score_with_uncertainty(fake: np.ndarray, real: np.ndarray, metric: str, n_bo
     scorers = [_weighted_scorer(metric, fake[:, r], real) for r in range(fake.shape[1])]
     per_seed = [score(np.ones(n)) for score in scorers]
     point = float(np.mean(per_seed))
-    rng = np.random.default_rng(seed)
-    boots = np.array([np.mean([score(w) for score in scorers])
-                      for w in (_resample_counts(rng, n) for _ in range(n_boot))])
+    boots = _replicates(lambda w: np.mean([score(w) for score in scorers]), n, n_boot, seed)
     low, high = _interval(point, boots, level, "centered", f"bootstrap over {n} videos ({metric})")
     _, seed_sd = seed_spread(per_seed)
     return {"value": point, "low": low, "high": high, "per_seed": per_seed, "seed_sd": seed_sd}

@@ -36,24 +36,16 @@ def class_agreement(logits: np.ndarray, class_names: Sequence[str] | None, video
     return float((predicted == np.asarray(video_classes)[:, None]).mean())
 
 
-def evaluator_outputs(model, mels, stats, chunk: int = 256) -> dict[str, np.ndarray]:
-    """Melception outputs of (N, n_mels, T) mels (a memory map is fine), `chunk` of them in memory at a time."""
-    from i2a.models.melception import melception_outputs
-
-    parts = [melception_outputs(model, np.asarray(mels[i:i + chunk], dtype=np.float32), stats)
-             for i in range(0, len(mels), chunk)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def score_reference(valid_shards: Sequence[str | Path], melception_ckpt: str | Path, stats: str | Path | None,
                     crop_frames: int, out: str | Path, evaluator_out: str | Path, device=None) -> None:
     """Melception outputs of the real validation spectrograms (npz: clips, classes, '2048', logits, ...), and
     evaluator.json: how often the evaluator recognises the real clips' classes."""
     from i2a.data.clips import split_clips, split_mels
+    from i2a.models.melception import melception_outputs
 
     model, mel_stats = load_evaluator(melception_ckpt, stats, device)
     clips = split_clips(valid_shards)
-    outputs = evaluator_outputs(model, split_mels(valid_shards, crop_frames), mel_stats)
+    outputs = melception_outputs(model, split_mels(valid_shards, crop_frames), mel_stats)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, clips=np.array(list(clips["clip"]), dtype=str), classes=np.array(list(clips["class"]), dtype=str),
                  **outputs)
@@ -72,6 +64,8 @@ def score_samples(mels_path: str | Path, names_path: str | Path, reference_path:
     videos and the spread over seeds; ISc and KID on all samples; the share of samples the evaluator recognises
     as their video's class. Writes scores.json (returned) and, for paired comparisons, the samples' Melception
     outputs (outputs_out: '2048' and 'logits' as (V, R, K, ...)). Mels are streamed through Melception."""
+    from i2a.models.melception import melception_outputs
+
     model, mel_stats = load_evaluator(melception_ckpt, stats, device)
     reference = np.load(reference_path)
     videos = Path(names_path).read_text().splitlines()
@@ -83,7 +77,7 @@ def score_samples(mels_path: str | Path, names_path: str | Path, reference_path:
     if RK % R:
         raise ValueError(f"{RK} samples per video do not split into {R} sampling seeds")
     K = RK // R
-    fake = evaluator_outputs(model, mels.reshape(V * RK, *mels.shape[2:]), mel_stats)
+    fake = melception_outputs(model, mels.reshape(V * RK, *mels.shape[2:]), mel_stats)
     fake = {k: v.reshape(V, R, K, -1) for k, v in fake.items()}
     if outputs_out is not None:
         with atomic_path(outputs_out) as tmp, open(tmp, "wb") as fh:

@@ -21,24 +21,31 @@ from i2a.atomic import atomic_path, write_text
 log = logging.getLogger(__name__)
 
 
-def feature_statistics(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) per dimension over all rows and frames of (N, T, D) arrays, in float64, read chunk by chunk."""
-    total, total_sq, n = 0.0, 0.0, 0
+def _chunks(features: Sequence[np.ndarray], rows: int = 256):
+    """(n, T, D) float64 pieces of (N, T, D) arrays (memory maps): a split's features never held whole."""
     for array in features:
-        for start in range(0, len(array), 256):
-            x = np.asarray(array[start:start + 256], dtype=np.float64)
-            x = x[np.isfinite(x).all(axis=(1, 2))].reshape(-1, array.shape[-1])  # a failed extraction is NaN
-            total, total_sq, n = total + x.sum(0), total_sq + (x * x).sum(0), n + len(x)
+        for start in range(0, len(array), rows):
+            yield np.asarray(array[start:start + rows], dtype=np.float64)
+
+
+def feature_statistics(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, std) per dimension over all rows and frames of (N, T, D) arrays, in float64, and every clip's
+    features averaged over its frames (N, D, as clip_means), from one pass over the data."""
+    total, total_sq, n, means = 0.0, 0.0, 0, []
+    for x in _chunks(features):
+        means.append(x.mean(axis=1))
+        x = x[np.isfinite(x).all(axis=(1, 2))].reshape(-1, x.shape[-1])  # a failed extraction is NaN
+        total, total_sq, n = total + x.sum(0), total_sq + (x * x).sum(0), n + len(x)
     if n == 0:
         raise ValueError("no training features to compute statistics on")
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
-    return mean, np.maximum(std, 1e-6)  # a constant dimension keeps its value (0 after centring)
+    return mean, np.maximum(std, 1e-6), np.concatenate(means)  # a constant dimension keeps its value (0 after centring)
 
 
 def clip_means(features: Sequence[np.ndarray]) -> np.ndarray:
     """(N, D): every clip's features averaged over its frames."""
-    return np.concatenate([np.asarray(a, dtype=np.float64).mean(axis=1) for a in features if len(a)])
+    return np.concatenate([x.mean(axis=1) for x in _chunks(features)])
 
 
 def linear_probe(train_x: np.ndarray, train_y: Sequence[str], valid_x: np.ndarray, valid_y: Sequence[str],
@@ -84,12 +91,12 @@ def summarise_features(train_features: Sequence[str | Path], valid_features: Seq
 
     train = [np.load(p, mmap_mode="r") for p in train_features]
     valid = [np.load(p, mmap_mode="r") for p in valid_features]
-    mean, std = feature_statistics(train)
+    mean, std, xtr = feature_statistics(train)
     with atomic_path(stats_out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, mean=mean.astype(np.float32), std=std.astype(np.float32))
     labels = {split: np.array([c for p in paths for c in read_clip_table(p)["class"]], dtype=object)
               for split, paths in (("train", train_index), ("valid", valid_index))}
-    xtr, xva = clip_means(train), clip_means(valid)
+    xva = clip_means(valid)
     ok_tr, ok_va = np.isfinite(xtr).all(1), np.isfinite(xva).all(1)  # clips whose extraction failed are left out
     result = linear_probe(xtr[ok_tr], list(labels["train"][ok_tr]), xva[ok_va], list(labels["valid"][ok_va]))
     write_text(probe_out, json.dumps(result, indent=2))

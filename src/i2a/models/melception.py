@@ -351,11 +351,13 @@ def melception_outputs(model: Melception, mels01: np.ndarray | torch.Tensor, sta
                        batch_size: int = 16, device: str | torch.device | None = None) -> dict[str, np.ndarray]:
     """{'2048': (N, D), 'logits': (N, C), 'logits_unbiased': (N, C)} float32 for (N, 80, T) mels in [0, 1].
 
+    A numpy array (a memory map is fine) is converted one batch at a time, so the mels are never all in memory.
     Generated mels may stray slightly outside [0, 1] (SpecVQGAN does not clip them before evaluation either)."""
     if stats is None:
         raise ValueError("stats is None: pass the per-bin mean/std the Melception was trained with "
                          "(read_mel_stats(data/train_means_stds_melspec_10s_22050hz.txt) for the released model)")
-    mels01 = torch.as_tensor(np.asarray(mels01, dtype=np.float32) if not torch.is_tensor(mels01) else mels01)
+    if not torch.is_tensor(mels01):
+        mels01 = np.asanyarray(mels01)
     check_mels(mels01)
     if len(mels01) == 0:
         raise ValueError("no mels given")
@@ -367,7 +369,9 @@ def melception_outputs(model: Melception, mels01: np.ndarray | torch.Tensor, sta
     log_every = max(1, n_batches // 10)
     t0 = time.time()
     for b, start in enumerate(range(0, n, batch_size)):
-        x = standardise(mels01[start:start + batch_size].float(), stats).to(device)
+        batch = mels01[start:start + batch_size]
+        batch = batch.float() if torch.is_tensor(batch) else torch.from_numpy(np.asarray(batch, dtype=np.float32))
+        x = standardise(batch, stats).to(device)
         for k, v in model(x).items():
             outs[k].append(v.float().cpu().numpy())
         if (b + 1) % log_every == 0 or b + 1 == n_batches:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-TABLE_COLUMNS = [("run", "run"), ("published_KL", "published MKL"), ("published_FID", "published FID"),
+TABLE_COLUMNS = [("published_KL", "published MKL"), ("published_FID", "published FID"),
                  ("inputs", "inputs"), ("features", "features"), ("feat_sample_size", "S"),
                  ("feature_norm", "features in"),
                  ("scheduler", "LR scheduler"), ("batch", "batch"), ("gpus", "GPUs"), ("layers", "layers"),
@@ -65,7 +65,7 @@ def table_html(table: pd.DataFrame) -> str:
     95% intervals, the paired differences to the baseline), then what made them."""
     score_heads = ["MKL [95%]", "dKL [95%]", "FID [95%]", "dFID [95%]"]
     head = "<th>run</th>" + "".join(f"<th>{h}</th>" for h in score_heads)
-    head += "".join(f"<th>{html.escape(label)}</th>" for c, label in TABLE_COLUMNS if c != "run")
+    head += "".join(f"<th>{html.escape(label)}</th>" for _, label in TABLE_COLUMNS)
     head += "<th>videos × samples × seeds</th>"
     rows = []
     for _, row in table.iterrows():
@@ -74,7 +74,7 @@ def table_html(table: pd.DataFrame) -> str:
                  f"<td>{_with_interval(row, 'dFID', signed=True)}</td>"]
         cells += [f'<td class="name">{_cell(row.get(c))}</td>'
                   if c in ("features", "scheduler", "feature_norm", "inputs")
-                  else f"<td>{_cell(row.get(c))}</td>" for c, _ in TABLE_COLUMNS if c != "run"]
+                  else f"<td>{_cell(row.get(c))}</td>" for c, _ in TABLE_COLUMNS]
         cells.append(f"<td>{row['videos']} × {row['samples_per_video']} × {row['seeds']}</td>")
         rows.append(f'<tr data-run="{html.escape(str(row["run"]))}">{"".join(cells)}</tr>')
     baseline = next((b for b in table.get("baseline", pd.Series(dtype=str)).dropna()), None)
