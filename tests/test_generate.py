@@ -312,6 +312,19 @@ def test_a_run_with_another_codebook_or_backbone_is_refused(trained_run):
         gen.load_run_model({**config, "runs": clip_run}, "tiny", "cpu")
 
 
+def test_the_workflows_sampling_refuses_another_codebook(trained_run):
+    """sample_tokens' job (i2a.samples.sample_run) checks the codebook on the models it loads, before any data."""
+    from i2a.runspec import RunSpec
+    from i2a.samples import sample_run
+
+    config = gen.load_config(trained_run)
+    other = save_codebook(Path("other.ckpt"), 1)
+    with pytest.raises(ValueError, match="trained on another codebook.*retrain the transformer"):
+        sample_run(RunSpec.from_config(config, config["runs"][0]), "results/runs/tiny/best.ckpt", other, [], [],
+                   "tokens.npy", "mels.npy", "names.txt", batch_size=4, device="cpu")
+    assert not any(Path(p).exists() for p in ("tokens.npy", "mels.npy", "names.txt"))
+
+
 def test_the_cli_says_how_to_make_a_missing_model(trained_run, caplog):
     image = save_image(Path("x.png"))
     assert gen.main(["generate", "--config", str(trained_run), "--run", "nope", str(image)]) == gen.EXIT_MODEL_ERROR

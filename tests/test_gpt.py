@@ -113,6 +113,22 @@ def test_cached_sampler_equals_full_recompute():
     assert not torch.equal(other, cached)
 
 
+def test_sampling_standardises_features_as_training_did():
+    """A checkpoint trained with `feature_norm: standard` carries its statistics; sample_tokens takes features as
+    extracted and standardises them with those, exactly as model_inputs does in training."""
+    from i2a.training.gpt import model_inputs
+
+    model = _tiny_model(8)
+    feats = torch.randn(3, 6, 4) * 5 + 2
+    mean, std = torch.randn(6), torch.rand(6) + 0.5
+    _, trained_on = model_inputs((torch.zeros(3, 2, dtype=torch.int16), feats.transpose(1, 2)), mean, std)
+    expected = sample_tokens(model, trained_on, 20, top_k=8, seeds=[1, 2, 3])
+    model.feature_stats = {"mean": mean, "std": std}
+    assert torch.equal(sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3]), expected)
+    assert torch.equal(sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3], cache=False), expected)
+    assert not torch.equal(sample_tokens(model, trained_on, 20, top_k=8, seeds=[1, 2, 3]), expected)
+
+
 @pytest.mark.parametrize("fixed_shapes", [False, True])
 def test_rows_do_not_depend_on_their_batch(fixed_shapes):
     model = _tiny_model(1)

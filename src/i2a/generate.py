@@ -451,7 +451,7 @@ def _draw(model: SoundModel, batch: list[Prepared], seeds: list[int], top_k: int
     import torch
 
     from i2a.models.codebook import decode_tokens
-    from i2a.models.gpt import sample_tokens, standardize_features
+    from i2a.models.gpt import sample_tokens
     from i2a.samples import condition
 
     row_seeds = np.tile(np.asarray(seeds, np.int64), len(batch))
@@ -460,7 +460,7 @@ def _draw(model: SoundModel, batch: list[Prepared], seeds: list[int], top_k: int
         cond = condition("none", None, row_seeds, model.S, model.gpt.config.feat_dim)
     else:
         cond = torch.from_numpy(np.repeat(np.stack([p.feats for p in batch]), K, axis=0))
-    cond = standardize_features(model.gpt, cond.to(model.device))
+    cond = cond.to(model.device)
     tokens = sample_tokens(model.gpt, cond, model.n_tokens, top_k=top_k, temperature=temperature,
                            seeds=row_seeds.tolist(), cache=True)
     log.debug("sampled %d rows of %s (%s, S=%d)", len(row_seeds), model.name, spec.features, model.S)

@@ -19,8 +19,7 @@ from i2a.atomic import atomic_path
 from i2a.data.mel import MelSpec
 from i2a.data.store import ShardedArray, finite_rows
 from i2a.device import pick_device
-from i2a.models.gpt import (load_transformer, random_features, sample_frame_indices, sample_tokens,
-                            standardize_features)
+from i2a.models.gpt import load_transformer, random_features, sample_frame_indices, sample_tokens
 from i2a.runspec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -78,14 +77,15 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
     features of video derangement(V)[i] and the same seeds, so it differs from the run only by the picture."""
     from i2a.atomic import write_text
     from i2a.data.clips import split_clips
-    from i2a.models.codebook import decode_tokens, load_codebook
-
-    videos = list(split_clips(valid_shards)["clip"])
-    n_videos = len(videos)
+    from i2a.models.codebook import check_codebook, decode_tokens, load_codebook
 
     device = pick_device(device)
     gpt = load_run_transformer(spec, transformer_ckpt, device)
     codebook = load_codebook(codebook_ckpt, map_location=device)
+    # a transformer's tokens mean what they meant in training only with the codebook it was trained on
+    check_codebook(gpt.codebook, codebook_ckpt, codebook.cfg, transformer=str(transformer_ckpt))
+    videos = list(split_clips(valid_shards)["clip"])
+    n_videos = len(videos)
     # the transformer's own description says what it reads (a released one: the run, checked against its shapes)
     trained_as = gpt.run_spec or spec
     sampling, S = spec.sampling, trained_as.feat_sample_size
@@ -114,7 +114,6 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
                                                                 K, 0)
             batch_seeds = seeds[start:stop].ravel()
             cond = condition(trained_as.features, batch_feats, batch_seeds, S, gpt.config.feat_dim).to(device)
-            cond = standardize_features(gpt, cond)
             out = sample_tokens(gpt, cond, n_tokens, top_k=sampling.top_k, temperature=sampling.temperature,
                                 seeds=batch_seeds.tolist(), cache=True)
             tokens[start:stop] = out.view(stop - start, K, n_tokens).cpu().numpy()

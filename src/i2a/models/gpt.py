@@ -335,6 +335,8 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | N
                   fixed_shapes: bool | None = None) -> torch.Tensor:
     """Autoregressively draw `n_tokens` codebook tokens per row of `feats` (B, D, S) -> LongTensor (B, n_tokens).
 
+    `feats` as extracted: a transformer trained on standardised features (its checkpoint carries the training
+    split's statistics) gets them standardised here, as in training.
     Rows are independent (videos x samples flattened): row b draws from its own `torch.Generator` seeded
     with `seeds[b]`, so its tokens do not depend on which batch it was sampled in. `cache=False` re-runs
     the whole sequence each step, exactly like SpecVQGAN; `cache=True` (a `TokenSampler`) gives the same tokens
@@ -354,7 +356,7 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | N
         raise ValueError(f"S={S} features + {n_tokens} tokens need block_size >= {S + n_tokens - 1}, "
                          f"the model has {model.block_size}")
     device = model.pos_emb.device
-    feats = feats.to(device=device, dtype=model.pos_emb.dtype)
+    feats = standardize_features(model, feats.to(device=device, dtype=model.pos_emb.dtype))
     # Uniforms drawn on the CPU: the same seed gives the same draws on any device.
     u = torch.stack([torch.rand(n_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     u = u.to(device)
@@ -449,23 +451,18 @@ def load_transformer(path: str | Path, cfg: GPTConfig | None = None, map_locatio
     return model.to(map_location).eval()
 
 
+def standardize(feats: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, D, S) features standardised per dimension with (D,) statistics: in training and in sampling alike."""
+    return (feats - mean[:, None]) / std[:, None]
+
+
 def standardize_features(model: GPT, feats: torch.Tensor) -> torch.Tensor:
     """(B, D, S) features as the transformer saw them in training: standardised with its training split's
     statistics when the run used `feature_norm: standard` (they travel in the checkpoint), else as they are."""
     stats = getattr(model, "feature_stats", None)
     if stats is None:
         return feats
-    return (feats - stats["mean"].to(feats.device)[:, None]) / stats["std"].to(feats.device)[:, None]
-
-
-def checkpoint_codebook(path: str | Path) -> dict | None:
-    """The codebook fingerprint a trained transformer's checkpoint carries (None for SpecVQGAN's own files),
-    read without loading the weights into memory."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # a legacy (non-zip) file cannot be memory-mapped
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    return ckpt.get("codebook") if isinstance(ckpt, dict) and ckpt.get("format") == CKPT_FORMAT else None
+    return standardize(feats, stats["mean"].to(feats.device), stats["std"].to(feats.device))
 
 
 def released_config(name: str, vocab_size: int, n_tokens: int) -> GPTConfig:

@@ -92,11 +92,13 @@ def model_inputs(batch: tuple[torch.Tensor, torch.Tensor], mean: torch.Tensor | 
                  std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A stored batch -> the GPT's inputs: tokens int64 (B, T) and features fp32 (B, D, S), standardised per
     dimension when `mean`/`std` (D,) are given. Runs wherever the batch is (the GPU in training)."""
+    from i2a.models.gpt import standardize
+
     tokens, feats = batch
-    feats = feats.float()
+    feats = feats.float().transpose(1, 2)
     if mean is not None:
-        feats = (feats - mean) / std
-    return tokens.long(), feats.transpose(1, 2)
+        feats = standardize(feats, mean, std)
+    return tokens.long(), feats
 
 
 def loader_workers(requested: int, processes: int = 1) -> int:
