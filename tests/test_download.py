@@ -155,6 +155,29 @@ def test_a_truncated_first_download_is_never_recorded_as_the_truth(tmp_path):
     assert unpack_vas(dest, tmp_path / "raw") == {"dog": 3}
 
 
+def test_a_configured_md5_is_checked_once_and_recorded(tmp_path, monkeypatch):
+    """With vas.md5 the download's digest check proves the archive whole: no zip check and no second hash of a
+    multi-GB file; a wrong digest records nothing."""
+    import i2a.download as dl
+
+    whole = _zip_bytes(2)
+    md5 = hashlib.md5(whole).hexdigest()
+    dest = tmp_path / "VAS.zip"
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the archive was read again after its digest was verified")
+
+    monkeypatch.setattr(dl, "check_zip", not_again)
+    monkeypatch.setattr(dl, "file_digest", not_again)
+    with serve(lambda path, range_header: (200, whole, "application/zip")) as base:
+        with pytest.raises(DownloadError, match="md5 .* does not match the expected 0{32}"):
+            dl.fetch_archive(f"{base}/VAS.zip", dest, md5="0" * 32)
+        assert not dest.exists() and not (tmp_path / "VAS.zip.md5").exists()
+        assert dl.fetch_archive(f"{base}/VAS.zip", dest, md5=md5.upper()) == md5
+    assert dest.read_bytes() == whole
+    assert (tmp_path / "VAS.zip.md5").read_text() == f"{md5}  VAS.zip\n"
+
+
 def test_a_damaged_archive_is_set_aside_with_its_md5_so_the_next_run_downloads_afresh(tmp_path):
     from i2a.data.clips import unpack_vas
 

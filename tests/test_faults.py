@@ -329,8 +329,9 @@ def _demo_config() -> dict:
     (lambda c, p: c["shards"].update(valid=25), "shards.valid"),
     (lambda c, p: c["backbones"]["resnet18"].update(weights=str(p / "missing.pth")), "backbones.resnet18.weights"),
     (lambda c, p: c["backbones"]["resnet18"].update(weights=str(p / "notes.pth")), "backbones.resnet18.weights"),
+    (lambda c, p: c["vas"].update(md5="d3bd4674"), "vas.md5"),
 ], ids=["top-k-above-codebook", "hop-0", "negative-rate", "more-shards-than-clips", "missing-weights",
-        "weights-not-a-checkpoint"])
+        "weights-not-a-checkpoint", "md5-not-32-hex-digits"])
 def test_bad_values_stop_before_any_job_naming_the_key(tmp_path, edit, key):
     """Issue 12.7: these reached a job (a KeyError: 101 deep inside, silently no top-k) or were accepted."""
     from i2a.config import ConfigError, validate_config

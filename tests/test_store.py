@@ -46,3 +46,21 @@ def test_prefetched_keeps_order_and_bounds_the_work_in_flight():
         seen.append(result)
     assert len(seen) == 20
     assert list(prefetched(slow, range(4), workers=0, ahead=2)) == [0, 1, 4, 9]
+
+
+def test_sharded_array_reads_a_row_or_part_of_it_across_shards(tmp_path):
+    from i2a.data.store import ShardedArray
+
+    parts = [np.arange(3 * 4 * 2).reshape(3, 4, 2), 100 + np.arange(2 * 4 * 2).reshape(2, 4, 2)]
+    for i, p in enumerate(parts):
+        np.save(tmp_path / f"{i}.npy", p)
+    whole = np.concatenate(parts)
+    arr = ShardedArray([tmp_path / "0.npy", tmp_path / "1.npy"])
+    frames = np.array([3, 0])
+    for i in (0, 2, 3, 4, -1, -5):
+        np.testing.assert_array_equal(arr[i], whole[i])
+        np.testing.assert_array_equal(arr[i, frames], whole[i, frames])
+        assert not isinstance(arr[i, frames], np.memmap)  # in memory, not a view of the file
+    for i in (5, -6):
+        with pytest.raises(IndexError):
+            arr[i, frames]

@@ -116,8 +116,12 @@ def fetch_archive(url: str, dest: str | Path, md5: str | None = None) -> str:
     """The download rules' job: download resumably, prove the file whole (its digest, or every zip member's CRC),
     and only then record its MD5 beside it, so that a truncated first download is never trusted. Returns the MD5."""
     dest = Path(dest)
-    path = download(url, dest, md5=md5, validate=check_zip if dest.suffix == ".zip" else None)
-    return record_or_check_md5(path, md5)
+    if md5:  # download() verifies the digest, which proves the file whole: no zip check, no second hash
+        path = download(url, dest, md5=md5)
+        _record_md5(path, md5.lower())
+        return md5.lower()
+    path = download(url, dest, validate=check_zip if dest.suffix == ".zip" else None)
+    return record_or_check_md5(path, None)
 
 
 def check_zip(path: str | Path) -> None:
@@ -141,8 +145,7 @@ def record_or_check_md5(path: str | Path, expected: str | None) -> str:
     sidecar = path.with_name(path.name + ".md5")
     actual = file_digest(path, "md5")
     if expected and actual != expected.lower():
-        bad = set_aside(path)
-        sidecar.unlink(missing_ok=True)
+        bad = discard_archive(path)
         raise DownloadError(f"{path}: MD5 {actual} differs from the configured {expected}. It was moved aside to "
                             f"{bad}; run the rule again to download it afresh")
     recorded = sidecar.read_text().split()[0] if sidecar.exists() else None
@@ -151,8 +154,21 @@ def record_or_check_md5(path: str | Path, expected: str | None) -> str:
                             f"downloaded whole, so the file changed since. To download it afresh, delete both {path} "
                             f"and {sidecar} and run again; to keep this file, delete {sidecar} only")
     if recorded != actual:
-        write_text(sidecar, f"{actual}  {path.name}\n")
+        _record_md5(path, actual)
     return actual
+
+
+def discard_archive(path: Path) -> Path:
+    """Set a damaged archive aside (see i2a.checksum) together with its recorded MD5, so that the next run
+    downloads it afresh; returns where it went."""
+    bad = set_aside(path)
+    path.with_name(path.name + ".md5").unlink(missing_ok=True)
+    return bad
+
+
+def _record_md5(path: Path, md5: str) -> None:
+    """The MD5 of a file proved whole, beside it (path + '.md5', md5sum's format)."""
+    write_text(path.with_name(path.name + ".md5"), f"{md5}  {path.name}\n")
 
 
 def extract_checkpoint(archive: str | Path, dest: str | Path, member: str | None = None) -> Path:

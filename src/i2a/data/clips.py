@@ -260,8 +260,7 @@ def unpack_vas(archive: str | Path, dest: str | Path) -> dict[str, int]:
     import zipfile
     import zlib
 
-    from i2a.checksum import set_aside
-    from i2a.download import DownloadError, unpack_zip
+    from i2a.download import DownloadError, discard_archive, unpack_zip
 
     dest, archive = Path(dest), Path(archive)
     staging = dest.with_name(dest.name + ".unpacked")
@@ -270,8 +269,7 @@ def unpack_vas(archive: str | Path, dest: str | Path) -> dict[str, int]:
         try:
             unpack_zip(archive, staging)
         except (zipfile.BadZipFile, zlib.error, EOFError) as error:
-            bad = set_aside(archive)
-            archive.with_name(archive.name + ".md5").unlink(missing_ok=True)
+            bad = discard_archive(archive)
             raise DownloadError(f"{archive} is damaged ({error}). It was moved aside to {bad} with its recorded "
                                 "MD5; run the workflow again to download it afresh") from None
         with atomic_path(dest) as partial:

@@ -92,23 +92,16 @@ class ShardedArray:
     def dtype(self):
         return self.arrays[0].dtype
 
-    def __getitem__(self, index: int) -> np.ndarray:
+    def __getitem__(self, key: int | tuple) -> np.ndarray:
+        """Row `i` (`self[i]`), or part of it (`self[i, frames]`, e.g. the S frames a run uses: only those are read
+        from the memory map), as an array in memory."""
+        index, *within = key if isinstance(key, tuple) else (key,)
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return np.array(self.arrays[shard][index - self.offsets[shard]])
-
-    def rows(self, index: int, within: np.ndarray) -> np.ndarray:
-        """Row `index` restricted to positions `within` of its first axis (e.g. the S frames a run uses), read
-        from the memory map without copying the rest of the row."""
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        return np.array(self.arrays[shard][index - self.offsets[shard], within])
+        return np.array(self.arrays[shard][(index - self.offsets[shard], *within)])
 
     def to_array(self) -> np.ndarray:
         """Everything in memory: only for small splits (the demo, the 768 validation clips)."""

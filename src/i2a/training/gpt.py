@@ -81,10 +81,8 @@ class GPTDataset(Dataset):
         tokens = torch.from_numpy(np.asarray(self.tokens[index]))
         if self.feats is None:
             feats = np.random.default_rng([self.seed, epoch, index]).random((self.S, self.feat_dim), dtype=np.float32)
-        elif hasattr(self.feats, "rows"):  # a ShardedArray: read only the S frames from the memory map
-            feats = self.feats.rows(index, self.frame_idx)
-        else:
-            feats = np.asarray(self.feats[index][self.frame_idx])
+        else:  # only the S frames are read from a memory map (an array or a ShardedArray)
+            feats = np.asarray(self.feats[index, self.frame_idx])
         return tokens, torch.from_numpy(np.ascontiguousarray(feats))
 
 
