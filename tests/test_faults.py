@@ -466,3 +466,30 @@ def test_a_released_codebook_fixes_the_vocabulary(tmp_path):
     config["codebook"].setdefault("model", {})["n_embed"] = 64
     with pytest.raises(ConfigError, match=r"codebook\.model\.n_embed: 64.*128 codes"):
         validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
+
+
+def test_the_workflow_relists_a_local_folder_whose_clips_changed(tmp_path):
+    """Issue 12.5 through Snakemake itself: list_clips' `listing` param carries the folder's digest, so a clip added
+    after a listing reruns list_clips, and nothing else does."""
+    from test_workflow import copy_workflow, snakemake, write_config
+
+    raw = tmp_path / "raw"
+    frames, audio = toy_clip(0.3, seed=1)
+    for name in ("dog/a", "dog/b", "cat/a", "cat/b"):
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        write_streams(raw / f"{name}.mp4", frames, audio)
+    wf = copy_workflow(tmp_path / "wf")
+
+    def local(config):
+        config.update(dataset="vas", shards={"train": 1, "valid": 1})
+        config["vas"] = {"source": "local", "local_dir": str(raw), "valid_per_class": {"dog": 1, "cat": 1}}
+
+    configfile = write_config(wf / "config/local.yaml", REPO / "config/demo.yaml", local)
+    target = yaml.safe_load(configfile.read_text())["results"] + "/data/clips.tsv"
+    first = snakemake("--cores", "1", target, "--configfile", str(configfile), cwd=wf)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = snakemake("-n", target, "--configfile", str(configfile), cwd=wf)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    write_streams(raw / "dog" / "c.mp4", frames, audio)
+    changed = snakemake("-n", target, "--configfile", str(configfile), cwd=wf)
+    assert "Params have changed" in changed.stdout and "rule list_clips" in changed.stdout, changed.stdout[-3000:]

@@ -42,6 +42,7 @@ LOGS = config["logs"]
 SPLITS = ["train", "valid"]
 RUNS = {run["name"]: run for run in config["runs"]}
 RUN_SPECS = {name: RunSpec.from_config(config, run) for name, run in RUNS.items()}
+TRAINED_RUNS = [name for name, spec in RUN_SPECS.items() if spec.source == "train"]
 BASELINE = baseline_run(config)
 # every row of the table and the folder its samples are in: the runs, their shuffled-features controls, and the
 # codebook's reconstructions of the real clips (the ceiling)
@@ -118,6 +119,10 @@ def used_backbones():
 def weight_file(backbone):
     """The weights file a backbone needs, or None (random init)."""
     return weights_file(backbone, backbone_settings(backbone)["weights"], cache_dir="resources/weights")
+
+
+def probe_files():
+    return [f"{R}/features/{backbone}/probe.json" for backbone in used_backbones()]
 
 
 def feature_files(backbone, split):
@@ -198,10 +203,6 @@ def vocoder_input(wildcards):
     return [melgan_checkpoint()] if config["vocoder"]["kind"] == "melgan" else []
 
 
-def row_of(sampleset):
-    return next(row for row, folder in ROWS.items() if folder == sampleset)
-
-
 def samples_per_video_set(sampleset):
     """Sampling seeds a scored folder holds (the reconstructions: one "sample" per video)."""
     return 1 if sampleset.startswith("reconstruction") else config["sampling"]["seeds"]
@@ -212,9 +213,8 @@ def table_inputs(wildcards):
     inputs["comparisons"] = [
         f"{R}/{folder}/comparison.json" for row, folder in ROWS.items() if BASELINE not in (None, row)
     ]
-    inputs["training"] = [f"{R}/runs/{name}/train.json" for name, spec in RUN_SPECS.items() if spec.source == "train"]
-    inputs["metrics"] = [f"{R}/runs/{name}/metrics.csv" for name, spec in RUN_SPECS.items() if spec.source == "train"]
-    inputs["probes"] = [f"{R}/features/{backbone}/probe.json" for backbone in used_backbones()]
+    inputs["metrics"] = [f"{R}/runs/{name}/metrics.csv" for name in TRAINED_RUNS]
+    inputs["probes"] = probe_files()
     return inputs
 
 

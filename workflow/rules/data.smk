@@ -54,7 +54,7 @@ rule list_clips:
             else config["vas"]["valid_per_class"]
         ),
         shards=config["shards"],
-        listing=raw_listing(),
+        listing=lambda wildcards: raw_listing(),
     script:
         "../scripts/list_clips.py"
 

@@ -1,11 +1,9 @@
 """The report's figures and pages (`snakemake --report report.html` after a run): the results table, training
 curves, MKL/FID per run, and a listening gallery per run. Cheap CPU jobs, run where snakemake runs."""
 
-TRAINED_RUNS = [name for name, spec in RUN_SPECS.items() if spec.source == "train"]
-
 # Every file the report shows; rule all asks for them, so a finished run has its report ready to build.
 REPORT_FILES = [f"{R}/report/landing.rst", f"{R}/report/table.html", f"{R}/report/scores.svg"]
-TRAINED_CODEBOOK = config["codebook"]["source"] == "train" and not config["codebook"]["path"]
+TRAINED_CODEBOOK = codebook_checkpoint() == f"{R}/codebook/codebook.ckpt"
 if TRAINED_CODEBOOK:
     REPORT_FILES.append(f"{R}/report/codebook.svg")
 
@@ -58,7 +56,7 @@ rule report_landing:
     input:
         table=f"{R}/table.csv",
         evaluator=f"{R}/eval/evaluator.json",
-        probes=[f"{R}/features/{backbone}/probe.json" for backbone in used_backbones()],
+        probes=probe_files(),
         codebook=[f"{R}/codebook/summary.json"] if TRAINED_CODEBOOK else [],
     output:
         f"{R}/report/landing.rst",
