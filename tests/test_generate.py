@@ -185,6 +185,26 @@ def test_a_video_goes_through_the_chain_at_the_configs_rate(tmp_path, encoder):
     assert silent.feats.shape == (512, S)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_videos_features_are_the_workflows(tmp_path, encoder, precision):
+    """The condition positions of a video hold exactly what the workflow's extract_features stores for its chain
+    clip, at the config's precision, also for frames large enough that the workflow's decoder scales them down."""
+    from dataclasses import replace
+
+    from i2a.features.extract import extract_features
+    from i2a.models.gpt import sample_frame_indices
+
+    frames, sound = toy_clip(3.0, seed=3)
+    big = np.repeat(np.repeat(frames, 5, axis=1), 5, axis=2)  # 320 x 400: shorter side over 4 x the resize (73)
+    path = tmp_path / "big.mp4"
+    write_streams(path, big, sound)
+    model = replace(tiny_model(encoder), precision=precision)
+    prepared = gen.prepare(path, model, tmp_path / "work")
+    stored = extract_features(encoder, [prepared.clip], tmp_path / "feats.npy", total=model.feat_frames,
+                              crop=model.feat_crop, fps=model.fps, num_workers=0, precision=precision)
+    np.testing.assert_array_equal(prepared.feats, stored[0][sample_frame_indices(model.feat_crop, S)].T)
+
+
 @pytest.mark.parametrize("make, expected", [
     (lambda p: write_streams(p, None, toy_clip(1.0)[1]), "no video track"),
     (lambda p: p.write_bytes(b"\x00" * 1000), "cannot open"),

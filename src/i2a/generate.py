@@ -101,6 +101,7 @@ class SoundModel:
     feat_frames: int
     feat_crop: int
     device: Any
+    precision: str = "fp32"  # the backbone's, as the workflow's extract_features runs it (features.precision)
 
     @property
     def spec(self):
@@ -163,6 +164,17 @@ def _clip_geometry(config: dict[str, Any]) -> dict[str, Any]:
             "fps": float(video["fps"]), "feat_frames": int(video["feat_frames"]), "feat_crop": int(video["feat_crop"])}
 
 
+def _sound_model(name: str, gpt, codebook, config: dict[str, Any], vocoder_file: Path | None, device) -> SoundModel:
+    """A checked transformer and codebook with the run's backbone, the vocoder and the config's clip geometry."""
+    from i2a.models.vocoder import load_vocoder
+
+    geometry = _clip_geometry(config)
+    encoder = _build_encoder(config, gpt.run_spec.features, gpt.config.feat_dim, device)
+    vocoder = load_vocoder(config["vocoder"]["kind"], geometry["mel"], vocoder_file, device=device)
+    return SoundModel(name=name, gpt=gpt, codebook=codebook, encoder=encoder, vocoder=vocoder, device=device,
+                      precision=config["features"]["precision"], **geometry)
+
+
 def _check_fits(name: str, gpt, codebook, config: dict[str, Any], where: str) -> None:
     """The transformer's tokens must fill the codebook's grid for the config's mels, and its S frames must fit in
     the config's feature crop."""
@@ -200,7 +212,6 @@ def load_run_model(config: dict[str, Any], run: str, device=None, config_file: s
     from i2a.device import pick_device
     from i2a.models.codebook import check_codebook, load_codebook
     from i2a.models.gpt import load_transformer
-    from i2a.models.vocoder import load_vocoder
     from i2a.runspec import RunSpec
 
     runs = {entry["name"]: entry for entry in config["runs"]}
@@ -242,11 +253,7 @@ def load_run_model(config: dict[str, Any], run: str, device=None, config_file: s
     except ValueError as err:
         raise ModelError(str(err)) from None
     _check_fits(run, gpt, codebook, config, "the config is not the one the run was trained with")
-    geometry = _clip_geometry(config)
-    encoder = _build_encoder(config, spec.features, gpt.config.feat_dim, device)
-    vocoder = load_vocoder(config["vocoder"]["kind"], geometry["mel"], vocoder_file, device=device)
-    return SoundModel(name=run, gpt=gpt, codebook=codebook, encoder=encoder, vocoder=vocoder, device=device,
-                      **geometry)
+    return _sound_model(run, gpt, codebook, config, vocoder_file, device)
 
 
 def load_released_model(config: dict[str, Any], name: str, device=None,
@@ -258,7 +265,6 @@ def load_released_model(config: dict[str, Any], name: str, device=None,
     from i2a.models.codebook import load_codebook
     from i2a.models.gpt import load_released_transformer
     from i2a.models.released import TRANSFORMERS, released
-    from i2a.models.vocoder import load_vocoder
 
     if name not in TRANSFORMERS:
         raise ModelError(f"no released transformer {name!r}; choose one of {', '.join(TRANSFORMERS)}")
@@ -282,11 +288,7 @@ def load_released_model(config: dict[str, Any], name: str, device=None,
         raise ModelError(str(err)) from None
     _check_fits(name, gpt, codebook, config, "the released models need the study's 10 s clips: use --config "
                 "config/config.yaml")
-    geometry = _clip_geometry(config)
-    encoder = _build_encoder(config, gpt.run_spec.features, gpt.config.feat_dim, device)
-    vocoder = load_vocoder(config["vocoder"]["kind"], geometry["mel"], vocoder_file, device=device)
-    return SoundModel(name=name, gpt=gpt, codebook=codebook, encoder=encoder, vocoder=vocoder, device=device,
-                      **geometry)
+    return _sound_model(name, gpt, codebook, config, vocoder_file, device)
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
@@ -343,17 +345,19 @@ def read_image(path: str | Path, min_size: int = 0) -> np.ndarray:
     return frame[None]
 
 
-def read_video(path: str | Path, model: SoundModel, workdir: str | Path) -> tuple[np.ndarray, Path]:
-    """(frames (T, H, W, 3) uint8 at the config's fps, the chain's cut clip): the video as the workflow's
-    preprocess_clips job makes a training clip of it, then its frames as extract_features reads them."""
-    from i2a.data.media import BadClip, preprocess_clip, read_video_frames, video_head
+def read_video(path: str | Path, model: SoundModel, workdir: str | Path) -> tuple[np.ndarray | None, Path]:
+    """(frames, the chain's cut clip): the video as the workflow's preprocess_clips job makes a training clip of it,
+    then its frames at the config's fps as extract_features decodes them, already the backbone's (crop, crop, 3)
+    input (`frame_reader`); no frames (None) for the no-feats baseline, which does not look at them."""
+    from i2a.data.media import BadClip, preprocess_clip, video_head
+    from i2a.features.extract import frame_reader
 
     workdir = Path(workdir)
     head, clip, wav = workdir / "head.mkv", workdir / "clip.mp4", workdir / "clip.wav"
     try:
         video_head(path, head, model.seconds)
         preprocess_clip(head, clip, wav, seconds=model.seconds, sample_rate=model.mel.sample_rate)
-        frames = read_video_frames(clip, fps=model.fps)
+        frames = None if model.encoder is None else frame_reader(model.encoder.transform, model.fps)(clip)
     except BadClip as bad:
         raise InputError(f"{bad.reason}: give a video with a picture (anything ffmpeg reads: mp4, mkv, webm, avi, "
                          "mov, ...) or a JPEG, PNG or WebP image") from None
@@ -398,7 +402,8 @@ def prepare(path: Path, model: SoundModel, workdir: Path) -> Prepared:
         return Prepared(path, kind, None, clip)
     rows = condition_rows(len(frames), model.feat_frames, model.feat_crop, model.S)
     used, where = np.unique(rows, return_inverse=True)
-    feats = extract_clip_features(model.encoder, np.ascontiguousarray(frames[used]), device=model.device)
+    feats = extract_clip_features(model.encoder, np.ascontiguousarray(frames[used]), device=model.device,
+                                  precision=model.precision, cropped=kind == "video")
     return Prepared(path, kind, feats[where].T.astype(np.float32), clip)
 
 

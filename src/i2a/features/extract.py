@@ -117,11 +117,16 @@ def _encode(backbone: FrameEncoder, crops: torch.Tensor, batch_size: int, device
 
 
 def extract_clip_features(backbone: FrameEncoder, frames: np.ndarray | torch.Tensor, batch_size: int = 64,
-                          device: str | torch.device = "cpu", precision: str = "fp32") -> np.ndarray:
-    """Features of every frame of one clip: uint8 [T,H,W,3] -> float32 [T, feat_dim]."""
+                          device: str | torch.device = "cpu", precision: str = "fp32",
+                          cropped: bool = False) -> np.ndarray:
+    """Features of every frame of one clip: uint8 [T,H,W,3] -> float32 [T, feat_dim]. `cropped`: the frames are
+    already the model's (crop, crop, 3) input, as `frame_reader` decodes them."""
     device = torch.device(device)
-    crops = torch.cat([backbone.transform.resize_crop(frames[i:i + batch_size])
-                       for i in range(0, len(frames), batch_size)]) if len(frames) else frames
+    if cropped:
+        crops = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    else:
+        crops = torch.cat([backbone.transform.resize_crop(frames[i:i + batch_size])
+                           for i in range(0, len(frames), batch_size)]) if len(frames) else frames
     return _encode(backbone, crops, batch_size, device, precision)
 
 
