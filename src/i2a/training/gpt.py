@@ -148,7 +148,6 @@ class GPTModule(pl.LightningModule):
         if (feature_stats is not None) != (spec.feature_norm == "standard"):
             raise ValueError(f"run {spec.name}: feature_norm {spec.feature_norm!r} needs feature statistics exactly "
                              "when it is 'standard'")
-        self.feature_stats = feature_stats
         for name in ("mean", "std"):  # on the module, so they move to the device with it
             value = None if feature_stats is None else torch.as_tensor(feature_stats[name], dtype=torch.float32)
             self.register_buffer(f"feature_{name}", value, persistent=False)
@@ -215,9 +214,9 @@ class GPTModule(pl.LightningModule):
                 "state_dict": {k: v.detach().cpu() for k, v in self.transformer.state_dict().items()}, **extra}
 
     def _stats_for_checkpoint(self) -> dict[str, torch.Tensor] | None:
-        if self.feature_stats is None:
+        if self.feature_mean is None:
             return None
-        return {k: torch.as_tensor(v, dtype=torch.float32) for k, v in self.feature_stats.items()}
+        return {"mean": self.feature_mean.detach().cpu(), "std": self.feature_std.detach().cpu()}
 
     def configure_optimizers(self):
         train = self.spec.train
@@ -332,13 +331,10 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
     train_ds = gpt_dataset(spec, tokens["train"], features["train"])
     valid_ds = gpt_dataset(spec, tokens["valid"], features["valid"])
     inputs = [*tokens["train"], *tokens["valid"], *features["train"], *features["valid"], codebook_ckpt]
-    stats = None
     if feature_stats is not None:
         inputs.append(feature_stats)
-        with np.load(feature_stats) as f:
-            stats = {"mean": f["mean"], "std": f["std"]}
     summary = train_gpt(spec, train_ds, valid_ds, state_dir, inputs=inputs, codebook=codebook_fingerprint(codebook_ckpt),
-                        feature_stats=stats, loader=loader)
+                        feature_stats=load_feature_stats(feature_stats), loader=loader)
     state = Path(state_dir)
     copy_file(state / "best.ckpt", best_out)
     copy_file(state / "metrics.csv", metrics_out)
@@ -406,16 +402,21 @@ def resolve_base_lr(spec: RunSpec, lr_find: str | Path | None) -> RunSpec:
     return spec.with_base_lr(found["suggested_base_lr"])
 
 
+def load_feature_stats(path: str | Path | None) -> dict[str, np.ndarray] | None:
+    """feature_summary's stats.npz (mean, std per dimension over the training split), or None without one."""
+    if path is None:
+        return None
+    with np.load(path) as f:
+        return {"mean": f["mean"], "std": f["std"]}
+
+
 def lr_find_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[str, Sequence[str]],
                 codebook_ckpt: str | Path, out: str | Path, settings: dict[str, Any],
                 feature_stats: str | Path | None = None, loader: dict[str, Any] | None = None) -> dict[str, Any]:
     """The workflow's lr_find job: the LR range test on the run's token and feature shards -> lr_find.json."""
     from i2a.models.codebook import codebook_fingerprint
 
-    stats = None
-    if feature_stats is not None:
-        with np.load(feature_stats) as f:
-            stats = {"mean": f["mean"], "std": f["std"]}
+    stats = load_feature_stats(feature_stats)
     result = find_learning_rate(spec, gpt_dataset(spec, tokens["train"], features["train"]),
                                 gpt_dataset(spec, tokens["valid"], features["valid"]), min_lr=settings["min_lr"],
                                 max_lr=settings["max_lr"], steps=settings["steps"],
