@@ -437,24 +437,18 @@ def test_a_second_instance_is_refused_while_one_runs(other_run):
 
 
 def test_the_workflow_refuses_unlock_while_a_run_is_alive_and_still_plans(other_run, tmp_path):
-    import shutil
+    from test_workflow import copy_workflow, snakemake
 
     proc, record = other_run
-    for name in ("Snakefile", "config", "workflow"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    locks = tmp_path / ".snakemake" / "locks"
+    wf = copy_workflow(tmp_path)
+    locks = wf / ".snakemake" / "locks"
     locks.mkdir()
     (locks / "0.output.lock").write_text("the running instance's lock")
-
-    def snakemake(*args):
-        return subprocess.run([sys.executable, "-m", "snakemake", "--configfile", "config/demo.yaml", *args],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
-
-    refused = snakemake("--unlock", "--cores", "1")
+    refused = snakemake("--configfile", "config/demo.yaml", "--unlock", "--cores", "1", cwd=wf, timeout=300)
     assert refused.returncode != 0 and "another Snakemake is running in this folder" in refused.stderr
     assert (locks / "0.output.lock").exists()
-    planned = snakemake("-n", "--cores", "1", "--quiet", "rules")
+    planned = snakemake("--configfile", "config/demo.yaml", "-n", "--cores", "1", "--quiet", "rules", cwd=wf,
+                        timeout=300)
     assert planned.returncode == 0, planned.stderr[-2000:]
 
 
@@ -470,7 +464,7 @@ def test_a_released_codebook_fixes_the_vocabulary(tmp_path):
 
 def test_the_workflow_relists_a_local_folder_whose_clips_changed(tmp_path):
     """Issue 12.5 through Snakemake itself: list_clips' `listing` param carries the folder's digest, so a clip added
-    after a listing reruns list_clips, and nothing else does."""
+    after a listing reruns list_clips."""
     from test_workflow import copy_workflow, snakemake, write_config
 
     raw = tmp_path / "raw"

@@ -41,11 +41,10 @@ def _memory_script():
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     """The rehearsal DAG, run once in a copy of the workflow (src linked: the code under test)."""
-    workdir = tmp_path_factory.mktemp("rehearsal")
-    for name in ("Snakefile", "config", "workflow", "profiles"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, workdir / name)
-    (workdir / "src").symlink_to(REPO / "src")
+    from test_workflow import copy_workflow
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("rehearsal"))
+    shutil.copytree(REPO / "profiles", workdir / "profiles")  # benchmarks/rehearsal_memory.py reads the profile
     start = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/rehearsal.yaml"],
                             cwd=workdir, capture_output=True, text=True, timeout=3 * 3600)
