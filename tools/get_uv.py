@@ -22,10 +22,15 @@ from pathlib import Path
 INDEX = os.environ.get("I2A_UV_INDEX", "https://pypi.org/simple/uv/")
 
 
+def machine_arch() -> str:
+    """This machine's architecture as wheel names spell it."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
 def platform_tags() -> list[str]:
     """Substrings of the wheel file names that run here, best first."""
-    machine = platform.machine().lower()
-    arch = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    arch = machine_arch()
     if sys.platform.startswith("linux"):
         libc = "musllinux" if "musl" in (platform.libc_ver()[0] or "").lower() else "manylinux"
         return [f"{libc}_", f"{libc}2014"] if arch in ("x86_64", "aarch64") else []
@@ -35,7 +40,7 @@ def platform_tags() -> list[str]:
 
 
 def pick_wheel(files: list[dict], version: str) -> dict:
-    linux_arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    linux_arch = machine_arch()
     wanted = [f for f in files if f["filename"].startswith(f"uv-{version}-") and f["filename"].endswith(".whl")]
     for tag in platform_tags():
         for f in wanted:
