@@ -192,7 +192,7 @@ REPORT_JOBS = [("aggregate_table", ""), ("plot_training_overview", ""), ("report
 
 
 def test_training_precision_reruns_exactly_that_run(touched_demo, tmp_path):
-    jobs = rerun_after(touched_demo, tmp_path, lambda c: c["runs"][2].update(precision="bf16-mixed"))
+    jobs = rerun_after(touched_demo, tmp_path, lambda c: c["runs"][2].update(precision="bf16"))
     run = "no-feats"  # the baseline: every other row's comparison with it is redone too
     assert ("train_gpt", run) in jobs and [j for j in jobs if j[0] == "train_gpt"] == [("train_gpt", run)]
     assert not {r for r, _ in jobs} & {"extract_features", "preprocess_clips", "train_codebook", "encode_tokens"}

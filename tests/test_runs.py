@@ -69,7 +69,7 @@ def test_table_rows_carry_hyperparameters_curve_and_scores(tmp_path):
     row = table.iloc[0]
     assert (row["features"], row["scheduler"], row["epochs"], row["overfit"]) == ("ResNet18", "ReduceLROnPlateau", 98,
                                                                                  True)
-    assert (row["inputs"], row["precision"]) == ("derived", "32")
+    assert (row["inputs"], row["precision"]) == ("derived", "fp32")
     assert pd.isna(row["published_KL"]) and pd.isna(row["published_FID"])  # a trained run: nothing published
     # a looser patience: the same curve does not count as overfitting
     table = build_table([RUN], {"r": "runs/r/samples"}, tmp_path, counts, baseline=None, probes={},

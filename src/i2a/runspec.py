@@ -10,9 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from i2a.precision import check_precision, lightning_precision
+
 # SpecVQGAN's (minGPT's) names for the same settings, as its configs and the interop files spell them
 _MINGPT_NAMES = {"n_layer": "layers", "n_head": "heads", "n_embd": "embed"}
 _MINGPT_DROPOUTS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
+# what checkpoints written before the one precision vocabulary stored: "32" was PyTorch's default arithmetic (fp32
+# matmuls, TF32 cuDNN convolutions on a GPU), closest to strict fp32 on the CPU where they were tested
+_LEGACY_PRECISIONS = {"32": "fp32", "bf16-mixed": "bf16"}
 
 
 def _known(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -69,14 +74,13 @@ class TrainSettings:
     early_stopping: bool = False
     early_stopping_patience: int = 2
     seed: int = 0
-    # "32": fp32 weights and activations (SpecVQGAN's); "bf16-mixed": bf16 autocast with fp32 weights
-    precision: Literal["32", "bf16-mixed"] = "32"
+    # i2a.precision's vocabulary: "fp32" (strict), "tf32" (SpecVQGAN's A100 arithmetic) or "bf16" (bf16 autocast)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
-        object.__setattr__(self, "precision", str(self.precision))
-        if self.precision not in ("32", "bf16-mixed"):
-            raise ValueError(f"precision must be '32' or 'bf16-mixed', got {self.precision!r}")
+        precision = _LEGACY_PRECISIONS.get(str(self.precision), str(self.precision))
+        object.__setattr__(self, "precision", check_precision(precision))
         if isinstance(self.base_lr, str) and self.base_lr != "auto":
             raise ValueError(f"base_lr must be a number or 'auto', got {self.base_lr!r}")
         if self.scheduler not in ("none", "plateau", "cosine"):
@@ -93,7 +97,7 @@ class TrainSettings:
 
     @property
     def lightning_precision(self) -> str:
-        return "32-true" if self.precision == "32" else self.precision
+        return lightning_precision(self.precision)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,10 @@ class SamplingSettings:
     temperature: float = 1.0
     seed: int = 0
     seeds: int = 1  # sampling seeds seed, seed+1, ...: each draws samples_per_video per video
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # i2a.precision's vocabulary
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)

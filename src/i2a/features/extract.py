@@ -31,6 +31,7 @@ from i2a.data import media
 from i2a.features.backbones import FrameEncoder
 from i2a.parallel import prefetched
 from i2a.data.store import NpyRowWriter
+from i2a.precision import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +97,14 @@ def keep_freed_memory() -> None:
         pass
 
 
-PRECISIONS = ("fp32", "bf16")
-
 
 def _encode(backbone: FrameEncoder, crops: torch.Tensor, batch_size: int, device: torch.device,
             precision: str = "fp32") -> np.ndarray:
     """uint8 [T,3,S,S] crops -> float32 [T,D]; normalisation happens on the device (4x less to copy). `precision`
     bf16: the backbone under bf16 autocast."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    autocast = autocast_dtype(precision)
     model, out = _inference_model(backbone, device), []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         for i in range(0, len(crops), batch_size):
             x = crops[i:i + batch_size].to(device, non_blocking=True)
             x = backbone.transform.normalize(x).contiguous(memory_format=torch.channels_last)
