@@ -2,8 +2,9 @@
 
 Column names are the config's (`layers`, `heads`, `embed`, `dropout`, `weight_decay`, `batch`, `gpus`). A row
 of a released transformer carries the published numbers beside the measured ones (`published_KL`,
-`published_FID`, from i2a.models.released), and every row says which inputs it was computed on (`inputs`:
-derived here, or the authors' precomputed mels and features).
+`published_FID`, from i2a.models.released), a row of the study's grid its report's and its evaluation logs' numbers
+(`reported_*`, `logged_*`, from i2a.evaluation.reference), and every row says which inputs it was computed on
+(`inputs`: derived here, or the authors' precomputed mels and features).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Sequence
 import pandas as pd
 
 from i2a.atomic import atomic_path
+from i2a.evaluation.reference import reference_columns
 from i2a.features.registry import display_name
 from i2a.models.released import released as released_file
 from i2a.runspec import RunSpec
@@ -22,11 +24,12 @@ from i2a.training.curves import curve_summary
 SCHEDULER_NAMES = {"none": "none", "plateau": "ReduceLROnPlateau", "cosine": "CosineAnnealing"}
 
 # the scores first, so they are not the columns that fall off a screen; then what made them
-COLUMNS = ["run", "kind", "features", "KL", "KL_low", "KL_high", "published_KL", "dKL", "dKL_low", "dKL_high", "FID",
-           "FID_low", "FID_high", "published_FID", "dFID", "dFID_low", "dFID_high", "ISc", "KID", "class_acc",
-           "probe_acc", "inputs", "feat_sample_size", "feature_norm", "scheduler", "batch", "gpus", "layers", "heads",
-           "embed", "dropout", "weight_decay", "precision", "epochs", "overfit", "KL_seed_sd", "FID_seed_sd", "videos",
-           "samples_per_video", "seeds", "baseline", "train_clips", "train_skipped", "valid_clips", "valid_skipped"]
+COLUMNS = ["run", "kind", "features", "KL", "KL_low", "KL_high", "published_KL", "reported_KL", "logged_KL", "dKL",
+           "dKL_low", "dKL_high", "FID", "FID_low", "FID_high", "published_FID", "reported_FID", "logged_FID", "dFID",
+           "dFID_low", "dFID_high", "ISc", "KID", "class_acc", "probe_acc", "inputs", "feat_sample_size", "feature_norm",
+           "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "weight_decay", "precision", "epochs",
+           "overfit", "KL_seed_sd", "FID_seed_sd", "videos", "samples_per_video", "seeds", "baseline", "train_clips",
+           "train_skipped", "valid_clips", "valid_skipped"]
 # `inputs`: where the mels and features came from (vas.source)
 INPUTS = {"download": "derived", "local": "derived", "authors": "authors"}
 KINDS = {"run": "run", "control": "control: features of another video", "ceiling": "ceiling: codebook reconstruction"}
@@ -101,7 +104,8 @@ def build_table(specs: Sequence[RunSpec], rows: dict[str, str], results: str | P
             training = (curve_summary(results / "runs" / spec.name / "metrics.csv", overfit_margin, overfit_patience)
                         if spec.source == "train" else None)
             row = {"run": name, "kind": KINDS["control" if name.endswith("+shuffled") else "run"],
-                   **run_columns(spec, training, _read(probes.get(spec.features)))}
+                   **run_columns(spec, training, _read(probes.get(spec.features))),
+                   **reference_columns(name)}  # the study's numbers: its rows, not their controls
         table.append({**row, "inputs": inputs, **score_columns(scores, comparison), **counts})
     return pd.DataFrame(table, columns=COLUMNS)
 

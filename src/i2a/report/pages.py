@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 TABLE_COLUMNS = [("published_KL", "published MKL"), ("published_FID", "published FID"),
+                 ("reported_KL", "report's MKL"), ("logged_KL", "log's MKL"), ("reported_FID", "report's FID"),
+                 ("logged_FID", "log's FID"),
                  ("inputs", "inputs"), ("features", "features"), ("feat_sample_size", "S"),
                  ("feature_norm", "features in"),
                  ("scheduler", "LR scheduler"), ("batch", "batch"), ("gpus", "GPUs"), ("layers", "layers"),
