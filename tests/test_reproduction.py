@@ -222,3 +222,79 @@ def test_base_lr_auto_needs_the_lr_finder():
     merged["runs"][0]["base_lr"] = "auto"
     with pytest.raises(ConfigError, match="base_lr: auto takes the LR finder's suggestion; set lr_find: true"):
         validate_config(merged, SCHEMA)
+
+
+# ---------------------------------------------------------------- the released files' checksums and choices
+def test_melgan_is_checked_against_the_md5_its_author_published(archive_server, tmp_path):
+    """SpecVQGAN issue 27: netG.pt has MD5 e9e3ea89122d31e3dec25f585d215335; any other file is refused."""
+    assert registry.released("melgan").md5 == "e9e3ea89122d31e3dec25f585d215335"
+    archive_server.payload = b"not the generator"
+    dest = tmp_path / "melgan.ckpt"
+    from i2a.download import DownloadError
+
+    with pytest.raises(DownloadError, match="e9e3ea89122d31e3dec25f585d215335"):
+        registry.fetch_released("melgan", dest, url=archive_server.url)
+    assert not dest.exists()
+
+
+def test_best_netg_is_selectable_and_its_md5_is_recorded_at_first_fetch(archive_server, tmp_path):
+    """SpecVQGAN's own sampling loads best_netG.pt, for which no MD5 is published: the first whole download records
+    one, and a file that changes afterwards is refused. netG.pt (pinned) stays the default."""
+    from i2a.config import component_checkpoint
+    from i2a.download import DownloadError
+
+    default = validate_config(copy.deepcopy(STUDY), SCHEMA)
+    assert component_checkpoint(default, "melgan") == "resources/checkpoints/melgan.ckpt"
+    chosen = validate_config({**copy.deepcopy(STUDY), "vocoder": {"released": "melgan_best"}}, SCHEMA)
+    assert component_checkpoint(chosen, "melgan") == "resources/checkpoints/melgan_best.ckpt"
+    entry = registry.released("melgan_best")
+    assert entry.md5 is None and entry.url.endswith("/vocoder/logs/vggsound/best_netG.pt")
+    assert "5bc54f30eb89f82d129aa36ae3f1e90b60e73952" in entry.url  # a fixed commit, not a moving branch
+    archive_server.payload = b"generator weights"
+    dest, url = tmp_path / "melgan_best.ckpt", archive_server.url.replace("model.tar.gz", "best_netG.pt")
+    registry.fetch_released("melgan_best", dest, url=url)
+    assert dest.read_bytes() == b"generator weights"
+    download = tmp_path / "downloads/best_netG.pt"
+    assert Path(f"{download}.md5").read_text().split()[0] == hashlib.md5(b"generator weights").hexdigest()
+    download.write_bytes(b"another generator")
+    with pytest.raises(DownloadError, match="recorded"):
+        registry.fetch_released("melgan_best", dest, url=url)
+    with pytest.raises(ConfigError, match="vocoder.released"):
+        validate_config({**copy.deepcopy(STUDY), "vocoder": {"released": "melception"}}, SCHEMA)
+
+
+def codebook_archive(last: bytes, best: bytes = b"epoch 259 weights") -> bytes:
+    stamp = "logs/2021-06-06T19-42-53_vas_codebook"
+    return tar_bytes({f"{stamp}/checkpoints/epoch_259.ckpt": best, f"{stamp}/checkpoints/last.ckpt": last,
+                      f"{stamp}/configs/2021-06-06T19-42-53-project.yaml": b"model: {}\n"}, gzip=True)
+
+
+@pytest.mark.parametrize("last", [b"epoch 259 weights", b"epoch 260 weights"], ids=["same", "different"])
+def test_the_codebook_fetch_records_whether_last_and_epoch_259_differ_and_takes_the_one_asked_for(
+        archive_server, tmp_path, monkeypatch, last):
+    archive_server.payload = codebook_archive(last)
+    entry = dataclasses.replace(registry.released("vas_codebook"), md5=hashlib.md5(archive_server.payload).hexdigest())
+    monkeypatch.setitem(registry.RELEASED, "vas_codebook", entry)
+    default, study = tmp_path / "vas_codebook.ckpt", tmp_path / "vas_codebook.last.ckpt"
+    registry.fetch_released("vas_codebook", default, url=archive_server.url)
+    registry.fetch_released("vas_codebook", study, url=archive_server.url, member="last.ckpt")
+    assert default.read_bytes() == b"epoch 259 weights" and study.read_bytes() == last
+    for dest, member in ((default, "epoch_259.ckpt"), (study, "last.ckpt")):
+        record = json.loads(dest.with_suffix(".json").read_text())
+        assert record["checkpoint"] == member
+        assert record["members"] == {name: {"md5": hashlib.md5(data).hexdigest(), "bytes": len(data)} for name, data
+                                     in (("epoch_259.ckpt", b"epoch 259 weights"), ("last.ckpt", last))}
+        assert record["identical"] is (last == b"epoch 259 weights")
+    with pytest.raises(ValueError, match="no checkpoint 'best.ckpt'"):
+        registry.fetch_released("vas_codebook", tmp_path / "x.ckpt", url=archive_server.url, member="best.ckpt")
+
+
+def test_the_codebook_member_is_a_config_key():
+    from i2a.config import component_checkpoint
+
+    config = validate_config({**copy.deepcopy(STUDY), "codebook": {"member": "last.ckpt"}}, SCHEMA)
+    assert component_checkpoint(config, "codebook") == "resources/checkpoints/vas_codebook.last.ckpt"
+    config = validate_config(copy.deepcopy(STUDY), SCHEMA)
+    assert component_checkpoint(config, "codebook") == "resources/checkpoints/vas_codebook.ckpt"  # epoch_259.ckpt
+    with pytest.raises(ConfigError, match="codebook.member.*epoch_259.ckpt, last.ckpt"):
+        validate_config({**copy.deepcopy(STUDY), "codebook": {"member": "best.ckpt"}}, SCHEMA)

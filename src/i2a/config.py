@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from i2a.features.registry import BACKBONES, FEATURE_CHOICES, resolve_weights, weights_file
-from i2a.models.released import RELEASED, TRANSFORMERS, released
+from i2a.models.released import RELEASED, TRANSFORMERS, VOCODERS, released
 from i2a.runspec import codebook_downsampling, codebook_size
 
 
@@ -59,6 +59,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     defs = schema["$defs"]
     defs["run"]["properties"]["features"]["enum"] = list(FEATURE_CHOICES)
     defs["run"]["properties"]["released"]["enum"] = list(TRANSFORMERS)
+    schema["properties"]["vocoder"]["properties"]["released"]["enum"] = list(VOCODERS)
     schema["properties"]["backbones"]["properties"] = {
         name: {"$ref": "#/$defs/backbone", "default": {}} for name in BACKBONES}
     schema["properties"]["checkpoints"]["propertyNames"] = {"enum": list(RELEASED)}
@@ -133,6 +134,11 @@ def check_config_semantics(config: dict[str, Any]) -> None:
     if dupes:
         raise ConfigError(f"config key runs: run names must be unique; repeated: {', '.join(dupes)}")
     audio, video = config["audio"], config["video"]
+    if config["codebook"]["member"] is not None:
+        try:
+            released(COMPONENTS["codebook"][2]).member_path(config["codebook"]["member"])
+        except ValueError as error:
+            raise ConfigError(f"config key codebook.member: {error}") from None
     if config["codebook"]["source"] == "released" and not config["codebook"]["path"]:
         from i2a.models.released import VAS_CODES
 
@@ -221,21 +227,22 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
 
 
 # a component the workflow trains or fetches: its config section, where training writes it (under the results
-# folder) and its released name
+# folder) and its released name (the section's `released` key may name another of the same kind)
 COMPONENTS = {"codebook": ("codebook", "codebook/codebook.ckpt", "vas_codebook"),
               "melgan": ("vocoder", "vocoder/melgan.ckpt", "melgan"),
               "melception": ("melception", "eval/melception.ckpt", "melception")}
 
 
 def component_checkpoint(config: dict[str, Any], component: str) -> str:
-    """The file a component is read from: the config's `path`, the one trained in this workflow, or the released."""
+    """The file a component is read from: the config's `path`, the one trained in this workflow, or the released
+    one (the section's `released` file, and of an archive of several checkpoints its `member`)."""
     section, trained, released_name = COMPONENTS[component]
     settings = config[section]
     if settings.get("path"):
         return str(settings["path"])
     if settings["source"] == "train":
         return f"{config['results']}/{trained}"
-    return released(released_name).local_path
+    return released(settings.get("released") or released_name).member_path(settings.get("member"))
 
 
 def baseline_run(config: dict[str, Any]) -> str | None:

@@ -172,17 +172,22 @@ def _record_md5(path: Path, md5: str) -> None:
 
 
 def extract_checkpoint(archive: str | Path, dest: str | Path, member: str | None = None) -> Path:
-    """The single *.ckpt inside a released SpecVQGAN tar.gz (logs/<name>/checkpoints/*.ckpt), copied to dest."""
+    """A checkpoint inside a released SpecVQGAN tar.gz (logs/<name>/checkpoints/*.ckpt), copied to dest: `member`
+    (a file name, or a path inside the archive), else the single *.ckpt (last.ckpt set aside when there are two)."""
     dest = Path(dest)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, tarfile.open(archive) as tar:
         tar.extractall(tmp, filter="data")
-        candidates = [Path(tmp) / member] if member else sorted(Path(tmp).rglob("*.ckpt"))
-        if member is None and len(candidates) > 1:
-            named = [c for c in candidates if c.name != "last.ckpt"]
-            candidates = named if len(named) == 1 else candidates
-        if len(candidates) != 1 or not candidates[0].exists():
-            found = [str(c.relative_to(tmp)) for c in Path(tmp).rglob("*.ckpt")]
-            raise DownloadError(f"{archive}: expected one checkpoint inside, found {found}; set `member:` in config")
+        found = sorted(Path(tmp).rglob("*.ckpt"))
+        if member:
+            candidates = [c for c in Path(tmp).rglob("*")
+                          if c.is_file() and member in (c.name, c.relative_to(tmp).as_posix())]
+        else:
+            named = [c for c in found if c.name != "last.ckpt"]
+            candidates = named if len(found) > 1 and len(named) == 1 else found
+        if len(candidates) != 1:
+            listed = [c.relative_to(tmp).as_posix() for c in found]
+            raise DownloadError(f"{archive}: expected one checkpoint{f' named {member}' if member else ''} inside, "
+                                f"found {listed}")
         copy_file(candidates[0], dest)
     return dest
 

@@ -271,7 +271,7 @@ def load_released_model(config: dict[str, Any], name: str, device=None,
     device = pick_device(device)
     entry = released(name)
     transformer_file = Path(entry.local_path)
-    codebook_file = Path(released("vas_codebook").local_path)
+    codebook_file = Path(released("vas_codebook").member_path(config["codebook"].get("member")))
     vocoder_file = melgan_path(config) if config["vocoder"]["kind"] == "melgan" else None
     features = entry.shape()["features"]
     missing = _missing([transformer_file, codebook_file, vocoder_file, _backbone_weights(config, features)])

@@ -11,13 +11,15 @@ rule fetch_checkpoint:
         f"{LOGS}/benchmarks/fetch_checkpoint/{{name}}.{{ext}}.tsv"
     wildcard_constraints:
         name="|".join(RELEASED),
-        ext="ckpt|txt",
+        ext="|".join(["ckpt", "txt", *ARCHIVE_MEMBERS]),
     conda:
         CPU_ENV
     resources:
         runtime=by_attempt(120),
     params:
         url=lambda w: config["checkpoints"].get(w.name, {}).get("url", released(w.name).url),
+        # <name>.<member>: another of the archive's checkpoints than the registry's own
+        member=lambda w: w.ext if w.ext in ARCHIVE_MEMBERS else None,
     script:
         "../scripts/fetch_checkpoint.py"
 

@@ -134,6 +134,10 @@ def feature_index_files(backbone, split):
 
 
 # ---------------------------------------------------------------- checkpoints
+# the checkpoints a released archive holds besides its own (fetched as resources/checkpoints/<name>.<member>)
+ARCHIVE_MEMBERS = sorted({re.escape(m) for f in RELEASED.values() for m in f.members})
+
+
 def released_checkpoint(name):
     return released(name).local_path
 

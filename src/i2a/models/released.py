@@ -29,10 +29,13 @@ class Published:
 class ReleasedFile:
     name: str
     kind: str  # codebook | transformer | melgan | melception | melception_stats
-    path: str  # under BASE_URL
+    path: str  # under BASE_URL, or a full URL (a file the authors keep elsewhere)
     md5: str | None  # None: the authors publish none (the first download records it)
     suffix: str = "ckpt"  # the local file: resources/checkpoints/<name>.<suffix>
-    member: str | None = None  # the checkpoint inside a tar.gz (None: the single *.ckpt in it)
+    member: str | None = None  # the checkpoint inside a tar.gz, by file name (None: the single *.ckpt in it)
+    # every checkpoint an archive holds (by file name): any of them can be taken instead of `member`
+    # (resources/checkpoints/<name>.<member>), and fetching the archive records whether they differ
+    members: tuple[str, ...] = ()
     # transformers: what they were trained with (SPEC section 5), checked against the run that names them
     features: str | None = None
     feat_sample_size: int | None = None
@@ -44,11 +47,21 @@ class ReleasedFile:
 
     @property
     def url(self) -> str:
-        return f"{BASE_URL}/{self.path}"
+        return self.path if "://" in self.path else f"{BASE_URL}/{self.path}"
 
     @property
     def local_path(self) -> str:
         return f"{CACHE_DIR}/{self.name}.{self.suffix}"
+
+    def member_path(self, member: str | None) -> str:
+        """Where one of an archive's checkpoints is kept: `local_path` for the registry's own (`member`, or None),
+        resources/checkpoints/<name>.<member> for another."""
+        if member is None or member == self.member:
+            return self.local_path
+        if member not in self.members:
+            raise ValueError(f"{self.name}: no checkpoint {member!r} in {self.path}; it holds "
+                             f"{', '.join(self.members) or 'one checkpoint only'}")
+        return f"{CACHE_DIR}/{self.name}.{member}"
 
     @property
     def description_path(self) -> str:
@@ -76,9 +89,12 @@ def _transformer(name: str, stamp: str, md5: str, features: str, S: int, publish
 _RESNET50 = "SpecVQGAN README, ResNet50 features, 10 samples per video"
 _BN_INCEPTION = "SpecVQGAN paper, BN-Inception protocol, 100 samples per video"
 RELEASED: dict[str, ReleasedFile] = {f.name: f for f in [
+    # SpecVQGAN's transformers and the study's all loaded the codebook's last.ckpt (their configs' first_stage
+    # ckpt_path); epoch_259.ckpt is the one SPEC section 10 names. The fetch records whether the two differ.
     ReleasedFile("vas_codebook", "codebook", "models/2021-06-06T19-42-53_vas_codebook.tar.gz",
-                 "0024ad3705c5e58a11779d3d9e97cc8a", published=Published(6.0, 1.0, 1, "SpecVQGAN README"),
-                 description="VAS spectrogram codebook (128 codes, 5 x 53 tokens), epoch_259.ckpt inside"),
+                 "0024ad3705c5e58a11779d3d9e97cc8a", member="epoch_259.ckpt", members=("epoch_259.ckpt", "last.ckpt"),
+                 published=Published(6.0, 1.0, 1, "SpecVQGAN README"),
+                 description="VAS spectrogram codebook (128 codes, 5 x 53 tokens), epoch_259.ckpt and last.ckpt inside"),
     _transformer("resnet50_1feat", "2021-07-29T14-59-49", "a7a1342030653945e97f68a8112ed54a", "resnet50", 1,
                  Published(25.1, 6.3, 10, _RESNET50)),
     _transformer("resnet50_5feat", "2021-07-29T14-51-25", "78b8d42be19dd1b0a346b1f512967302", "resnet50", 5,
@@ -92,10 +108,19 @@ RELEASED: dict[str, ReleasedFile] = {f.name: f for f in [
     ReleasedFile("melception_stats", "melception_stats", "train_means_stds_melspec_10s_22050hz.txt",
                  "f449c6fd0e248936c16f6d22492bb625", suffix="txt",
                  description="Melception's per-mel-bin mean and std (VGGSound train split), one 'mean std' line per bin"),
-    ReleasedFile("melgan", "melgan", "melgan_ckpt/netG.pt", None,
+    # the MD5 the author posted for netG.pt (SpecVQGAN issue 27)
+    ReleasedFile("melgan", "melgan", "melgan_ckpt/netG.pt", "e9e3ea89122d31e3dec25f585d215335",
                  description="MelGAN generator trained on VGGSound (22,050 Hz), a bare state dict"),
+    # what SpecVQGAN's own sampling loads (vocoder/logs/vggsound/best_netG.pt, kept in its git repository at a fixed
+    # commit); no MD5 is published for it, so the first download records one
+    ReleasedFile("melgan_best", "melgan",
+                 "https://raw.githubusercontent.com/v-iashin/SpecVQGAN/5bc54f30eb89f82d129aa36ae3f1e90b60e73952/"
+                 "vocoder/logs/vggsound/best_netG.pt", None,
+                 description="MelGAN generator trained on VGGSound (22,050 Hz), the checkpoint SpecVQGAN's sampling "
+                             "loads (best_netG.pt), a bare state dict"),
 ]}
 TRANSFORMERS = [name for name, f in RELEASED.items() if f.kind == "transformer"]
+VOCODERS = [name for name, f in RELEASED.items() if f.kind == "melgan"]
 
 
 def released(name: str) -> ReleasedFile:
@@ -110,13 +135,17 @@ def how_to_fetch(name: str) -> str:
     return f"snakemake --cores 1 {f.local_path}   (downloads {f.url})"
 
 
-def fetch_released(name: str, dest: str | Path, url: str | None = None) -> Path:
+def fetch_released(name: str, dest: str | Path, url: str | None = None, member: str | None = None) -> Path:
     """The workflow's fetch_checkpoint job: download a released file (resumable, MD5 checked, from `url` if a
-    mirror is configured) and put the checkpoint it holds at `dest`."""
+    mirror is configured) and put the checkpoint it holds at `dest`: `member` (one of the archive's `members`,
+    by file name), else the registry's own. An archive of several checkpoints is described beside `dest`
+    (<dest>.json: each one's MD5 and size, whether they are identical, and which one `dest` is)."""
     from i2a.atomic import copy_file, write_text
     from i2a.download import download, extract_checkpoint, record_or_check_md5
 
     entry, dest = released(name), Path(dest)
+    member = member or entry.member
+    entry.member_path(member)  # a checkpoint the archive does not hold: the error names those it does
     url = url or entry.url
     archive = dest.parent / "downloads" / url.rsplit("/", 1)[-1]
     if not archive.exists():
@@ -127,12 +156,35 @@ def fetch_released(name: str, dest: str | Path, url: str | None = None) -> Path:
         if found is not None:
             check_transformer_shape(entry, found, archive)
             write_text(dest.with_suffix(".json"), json.dumps(found, indent=2))  # description_path beside the .ckpt
+    if entry.members:
+        record = {"archive": archive.name, "md5": md5, "checkpoint": member, **compare_members(archive, entry.members)}
+        write_text(dest.with_suffix(".json"), json.dumps(record, indent=2))
+        logging.getLogger(__name__).info("%s: %s are %s", archive.name, " and ".join(entry.members),
+                                         "identical" if record["identical"] else "different files")
     if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
-        extract_checkpoint(archive, dest, entry.member)
+        extract_checkpoint(archive, dest, member)
     else:
         copy_file(archive, dest)  # streamed: the file can be larger than memory
     logging.getLogger(__name__).info("%s (md5 %s) -> %s", archive, md5, dest)
     return dest
+
+
+def compare_members(archive: str | Path, names: tuple[str, ...]) -> dict[str, object]:
+    """The MD5 and size of each named checkpoint in a tar archive (None for one it does not hold), and whether they
+    are all the same file."""
+    import hashlib
+
+    members: dict[str, dict[str, object] | None] = dict.fromkeys(names)
+    with tarfile.open(archive, "r:*") as tar:
+        for info in tar:
+            base = info.name.rsplit("/", 1)[-1]
+            if info.isfile() and base in members:
+                digest, fh = hashlib.md5(), tar.extractfile(info)
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+                members[base] = {"md5": digest.hexdigest(), "bytes": info.size}
+    sums = {m["md5"] if m else None for m in members.values()}
+    return {"members": members, "identical": len(sums) == 1 and None not in sums}
 
 
 VAS_TOKENS = 265  # the VAS codebook's 5 x 53 token grid: block_size = 265 + S
