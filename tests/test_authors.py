@@ -3,6 +3,7 @@ server (two tiny tar files of one class and a checksum list), checked, resumed, 
 own data chain puts its shards; the authors' sample files of ../shared imported bit for bit."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import pickle
@@ -244,10 +245,74 @@ def test_a_file_that_does_not_match_the_list_fails_the_download(server, tmp_path
     assert not (workdir / "resources/vas/authors" / FEATS_TAR).exists()
 
 
-def test_other_backbones_cannot_use_the_authors_inputs(tmp_path):
+def test_a_videos_folder_for_the_authors_clips_must_exist(tmp_path):
     from i2a.config import ConfigError, validate_config
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    config["vas"] = {"source": "authors"}
-    with pytest.raises(ConfigError, match="cannot be used with vas.source authors"):
+    config["vas"] = {"source": "authors"}  # every backbone: ResNet50 the authors', the others from VAS.zip's videos
+    validate_config(copy.deepcopy(config), REPO / "workflow/schemas/config.schema.yaml")
+    config["vas"]["local_dir"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="vas.local_dir: .*nowhere is not a folder"):
         validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
+
+
+# ---------------------------------------------------------------- the authors' mels with features derived here
+def hybrid_config(local_dir) -> dict:
+    """The authors' mels, their ResNet50 features for a ResNet50 run, and CLIP and EfficientNetV2-S features derived
+    here from the VAS videos of vas.local_dir, as the study did."""
+    return {"results": "results/hybrid", "dataset": "vas",
+            "vas": {"source": "authors", "local_dir": str(local_dir)}, "shards": {"train": 3, "valid": 2},
+            "runs": [{"name": "r50", "features": "resnet50", "feat_sample_size": 1},
+                     {"name": "clip", "features": "clip_vit_b32", "feat_sample_size": 1},
+                     {"name": "effv2s", "features": "efficientnet_v2_s", "feat_sample_size": 1}]}
+
+
+def test_other_backbones_on_the_authors_inputs_are_extracted_from_the_videos_of_the_authors_clips(tmp_path):
+    """The authors publish ResNet50 features only: a run on another backbone has its features extracted here, clip
+    for clip the authors' mels (their split lists, their shards), from the VAS videos put through the chain."""
+    import re
+
+    (tmp_path / "vas/dog").mkdir(parents=True)
+    (tmp_path / "hybrid.yaml").write_text(yaml.safe_dump(hybrid_config(tmp_path / "vas")))
+    workdir = copy_workflow(tmp_path / "wf")
+    result = snakemake("-n", "results/hybrid/table.csv", "--configfile", str(tmp_path / "hybrid.yaml"), cwd=workdir)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout)
+    assert counts["import_authors_mels"] == counts["preprocess_authors_videos"] == 5
+    assert counts["import_authors_features"] == 5  # ResNet50: the authors' own
+    assert counts["extract_features"] == 2 * 5  # CLIP and EfficientNetV2-S: here, from the videos
+    assert "preprocess_clips" not in counts and "list_clips" not in counts
+    extracted = set(re.findall(r"wildcards: backbone=(\w+), split", result.stdout))
+    assert extracted == {"clip_vit_b32", "efficientnet_v2_s"}
+    assert "input: results/hybrid/data/train/shard000, results/hybrid/videos/train/shard000" in result.stdout
+
+
+def test_the_videos_of_the_authors_clips_give_their_features_row_for_row(tmp_path):
+    """Each of a data shard's clips gets its row of features from its own video; a clip without a video in the VAS
+    folder gets a row of NaN and the reason (left out of training; sampling stops naming it)."""
+    from media_files import toy_clip, write_streams
+
+    from i2a.features.extract import extract_shard
+
+    _, _, files = toy_inputs()
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    table = authors.authors_clip_table({"train": tmp_path / "vas_train.txt", "valid": tmp_path / "vas_valid.txt"},
+                                       {"train": 1, "valid": 1})
+    authors.import_mels_shard(table[table["split"] == "train"], [tmp_path / MELS_TAR], tmp_path / "shard")
+    raw = tmp_path / "vas"
+    (raw / "dog").mkdir(parents=True)
+    for seed, clip in enumerate(["video_00001", "video_00003"]):
+        frames, audio = toy_clip(1.0, seed=seed)
+        write_streams(raw / "dog" / f"{clip}.mp4", frames, audio)
+    manifest = authors.preprocess_authors_videos(tmp_path / "shard", raw, tmp_path / "videos", seconds=2.0)
+    assert list(manifest["clip"]) == CLIPS[:3]  # the data shard's clips, in its order
+    assert list(manifest["status"]) == ["ok", "skipped", "ok"] and "no video" in manifest["reason"][1]
+    extract_shard("resnet18", {"weights": "none", "image_size": 32, "batch_size": 64},
+                  {"fps": 21.5, "total": 45, "crop": 40}, "float32", tmp_path / "shard", tmp_path / "f.npy",
+                  tmp_path / "f.tsv", workers=1, videos_dir=tmp_path / "videos")
+    feats, index = np.load(tmp_path / "f.npy"), read_clip_table(tmp_path / "f.tsv")
+    assert feats.shape == (3, 40, 512) and list(index["clip"]) == CLIPS[:3]
+    assert np.isfinite(feats[[0, 2]]).all() and np.isnan(feats[1]).all()
+    assert list(index["status"]) == ["ok", "failed", "ok"] and "no video" in index["reason"][1]
+    assert not np.allclose(feats[0], feats[2])  # each clip its own video

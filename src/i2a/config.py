@@ -254,15 +254,16 @@ def baseline_run(config: dict[str, Any]) -> str | None:
 
 
 def check_authors_inputs(config: dict[str, Any]) -> None:
-    """`vas.source: authors` brings the authors' mels and ResNet50 features, no videos and no sounds: runs may use
-    ResNet50 features or none, and nothing may need the clips' wav files."""
+    """`vas.source: authors` brings the authors' mels and ResNet50 features, no sounds: nothing may need the clips'
+    wav files. A run on another backbone has its features extracted here from the VAS videos (vas.local_dir, else
+    RegNet's VAS.zip), clip for clip the authors' mels."""
     if config["dataset"] != "vas" or config["vas"]["source"] != "authors":
         return
-    for i, run in enumerate(config["runs"]):
-        if run["features"] not in ("resnet50", "none"):
-            raise ConfigError(f"config key runs[{i}] ({run['name']}).features: {run['features']!r} cannot be used with "
-                              "vas.source authors, which brings the authors' ResNet50 features only; use resnet50 "
-                              "or none, or derive the inputs here (vas.source: download or local)")
+    local_dir = config["vas"]["local_dir"]
+    if local_dir and not Path(local_dir).is_dir():
+        raise ConfigError(f"config key vas.local_dir: {local_dir} is not a folder (with vas.source authors: the VAS "
+                          "videos as <class>/<clip>.mp4, for the backbones the authors published no features of; "
+                          "or null to download RegNet's VAS.zip)")
     vocoder = config["vocoder"]
     if vocoder["kind"] == "melgan" and vocoder["source"] == "train" and not vocoder["path"]:
         raise ConfigError("config key vocoder.source: training a MelGAN needs the clips' sounds, which vas.source "

@@ -102,6 +102,32 @@ rule import_authors_features:
         "../scripts/import_authors_features.py"
 
 
+rule preprocess_authors_videos:
+    """The VAS videos of a data shard's clips (the authors' mels) through the workflow's ffmpeg chain, for the
+    backbones the authors published no features of (extract_features reads them clip by clip); a clip without a
+    video is listed as skipped, with the reason."""
+    input:
+        clips=f"{R}/data/{{split}}/shard{{shard}}",
+        videos=raw_videos(),
+    output:
+        directory(f"{R}/videos/{{split}}/shard{{shard}}"),
+    log:
+        f"{LOGS}/preprocess_authors_videos/{{split}}-{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/preprocess_authors_videos/{{split}}-{{shard}}.tsv"
+    conda:
+        CPU_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(240),
+        mem_mb=by_attempt(4000),
+    params:
+        data=data_params(),
+        listing=lambda wildcards: raw_listing(),
+    script:
+        "../scripts/preprocess_authors_videos.py"
+
+
 # With the authors' inputs their rules make the clip table, the data shards and the ResNet50 features; otherwise
 # the workflow's own chain does.
 if AUTHORS_INPUTS:

@@ -80,21 +80,27 @@ def shard_paths(pattern, split, **kw):
 
 
 # ---------------------------------------------------------------- data
+def local_videos():
+    """The VAS folder of <class>/<clip>.mp4 the config names (vas.local_dir: the clips of vas.source local, the
+    videos of vas.source authors), or None: RegNet's VAS.zip is downloaded."""
+    vas = config["vas"]
+    if config["dataset"] == "vas" and vas["source"] in ("local", "authors") and vas["local_dir"]:
+        return vas["local_dir"]
+    return None
+
+
 def raw_videos():
-    """Folder of <class>/<clip>.mp4 the data stage starts from."""
+    """Folder of <class>/<clip>.mp4 the data stage starts from (with the authors' inputs: where the videos of the
+    backbones they published no features of come from)."""
     if config["dataset"] == "synthetic":
         return f"{R}/raw"
-    if config["vas"]["source"] == "local":
-        return config["vas"]["local_dir"]
-    return "resources/vas/raw"
+    return local_videos() or "resources/vas/raw"
 
 
 def raw_listing():
     """For a local VAS folder: a digest of every file's name, size and mtime under it, so that a clip added,
     removed or replaced re-lists the clips (Snakemake itself sees only the top folder's mtime)."""
-    if config["dataset"] == "synthetic" or config["vas"]["source"] != "local":
-        return ""
-    return listing_digest(config["vas"]["local_dir"])
+    return listing_digest(local_videos()) if local_videos() else ""
 
 
 def data_params():
@@ -239,3 +245,17 @@ def authors_file(name):
 def authors_tars(kind):
     """The per-class tar files of one kind (mels or ResNet50 features) of the classes in the checksum list."""
     return [authors_file(authors.tar_name(c, kind)) for c in authors.classes(AUTHORS_SUMS)]
+
+
+def authors_videos(wildcards):
+    """With the authors' inputs, a backbone they published no features of reads the videos of their clips
+    (preprocess_authors_videos); otherwise the data shard holds the videos."""
+    return [f"{R}/videos/{wildcards.split}/shard{wildcards.shard}"] if AUTHORS_INPUTS else []
+
+
+def row_inputs():
+    """The table's `inputs` column: derived here, or per row the authors' (mels, and their features or none) or
+    the authors' mels with features derived here."""
+    if not AUTHORS_INPUTS:
+        return "derived"
+    return {"reconstruction": "authors"} | {name: authors.inputs_of(run["features"]) for name, run in RUNS.items()}

@@ -164,7 +164,7 @@ rule aggregate_table:
         baseline=BASELINE,
         # the folder the table sits in holds every row's scores (as a function of the output, not a hard-coded path)
         results=lambda w, output: os.path.dirname(output[0]),
-        inputs="authors" if AUTHORS_INPUTS else "derived",
+        inputs=row_inputs(),
         settings=config["table"],
     script:
         "../scripts/aggregate_table.py"

@@ -26,6 +26,7 @@ localrules:
 rule extract_features:
     input:
         clips=f"{R}/data/{{split}}/shard{{shard}}",
+        videos=authors_videos,
         weights=feature_weights,
     output:
         features=f"{R}/features/{{backbone}}/{{split}}/shard{{shard}}.npy",

@@ -8,4 +8,4 @@ backbone = snakemake.params.backbone
 settings = {**backbone, "batch_size": snakemake.config["backbones"][backbone["name"]]["batch_size"]}
 extract_shard(backbone["name"], settings, snakemake.params.frames, snakemake.params.dtype, snakemake.input.clips,
               snakemake.output.features, snakemake.output.index, workers=snakemake.threads,
-              precision=snakemake.params.precision)
+              precision=snakemake.params.precision, videos_dir=snakemake.input.videos or None)

@@ -36,6 +36,8 @@ SPLIT_FILES = {"train": "vas_train.txt", "valid": "vas_valid.txt"}
 MELS = "melspec_10s_22050hz"
 RESNET50 = "feature_resnet50_dim2048_21.5fps"
 KINDS = (MELS, RESNET50)
+# the backbones the authors published VAS features of; any other backbone's are extracted here from the VAS videos
+FEATURES = {"resnet50": RESNET50}
 
 # SpecVQGAN's data/md5sum_vas.md5, verbatim: the authors' MD5 of every tar they publish for VAS
 AUTHORS_MD5_LIST = """\
@@ -97,6 +99,12 @@ def checksums(path: str | Path | None = None) -> dict[str, str]:
     or a test server), or by default the authors' own list plus the two split lists."""
     text = Path(path).read_text() if path else AUTHORS_MD5_LIST + SPLIT_LIST_MD5
     return parse_checksums(text)
+
+
+def inputs_of(features: str) -> str:
+    """A row's `inputs` on the authors' source: the authors' mels and features (theirs, or none), or their mels with
+    features derived here from the VAS videos."""
+    return "authors" if features in ("none", *FEATURES) else "authors mels, derived features"
 
 
 def tar_name(cls: str, kind: str) -> str:
@@ -292,6 +300,27 @@ def list_authors_clips(split_lists: dict[str, str | Path], shards: dict[str, int
     write_tsv(pd.DataFrame(columns=["path", "reason"]), rejected_out)
     log.info("%s", table.groupby("split")["clip"].count().to_dict())
     return table
+
+
+def preprocess_authors_videos(shard_dir: str | Path, raw_dir: str | Path, out_dir: str | Path,
+                              seconds: float = 10.0, sample_rate: int = 22050, workers: int = 2) -> pd.DataFrame:
+    """The workflow's preprocess_authors_videos job: the 10 s videos of a data shard's clips (the authors' mels),
+    found by name under `raw_dir` (<class>/<clip>.mp4, the VAS videos) and put through the workflow's chain, one
+    row per clip of the shard in its order, for the backbones whose features the authors did not publish. A clip
+    without a video there is listed as skipped, with the reason (its features are then a row of NaN)."""
+    from i2a.atomic import atomic_path
+    from i2a.data.clips import Shard, find_clips, preprocess_shard
+    from i2a.data.mel import MelSpec
+
+    clips = Shard(shard_dir).ok[["clip", "class"]].copy()
+    paths = {name: str(path) for name, path in find_clips(raw_dir)[0]}
+    clips["path"] = [paths.get(clip, "") for clip in clips["clip"]]
+    with atomic_path(out_dir) as tmp:
+        manifest = preprocess_shard(clips, tmp, MelSpec(sample_rate=sample_rate), seconds, workers=workers,
+                                    videos_only=True)
+    log.info("videos of %d of the shard's %d clips -> %s", (manifest["status"] == "ok").sum(), len(manifest),
+             out_dir)
+    return manifest
 
 
 def import_mels_split_shard(clips_tsv: str | Path, split: str, shard: int, mel_tars: Iterable[str | Path],

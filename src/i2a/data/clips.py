@@ -6,9 +6,11 @@ A preprocessed shard folder holds:
   wav/<file>.wav, video/<file>.mp4   the 10 s mono wav and the 10 s video (with audio) of each ok clip;
               frames are read from it at 21.5 fps by timestamp (i2a.data.media.read_video_frames)
 File stems are row numbers, so clip names with spaces, quotes or non-ASCII letters never reach a command line.
+A videos shard folder (the videos of the authors' clips, `vas.source: authors`) holds clips.tsv and video/ only.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,24 +124,30 @@ def write_tsv(table: pd.DataFrame, path: str | Path) -> None:
 
 
 def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, seconds: float,
-                     workers: int = 2) -> pd.DataFrame:
+                     workers: int = 2, videos_only: bool = False) -> pd.DataFrame:
     """Run the SpecVQGAN chain over one shard's clips; bad clips are recorded with their reason.
 
     Memory stays flat whatever the shard size: mels are streamed to disk one at a time and at most
-    2 x workers clips are in flight.
+    2 x workers clips are in flight. `videos_only`: the 10 s videos alone (no wav kept, no mels), for clips whose
+    mels come from elsewhere (the authors'); a clip without a video file (`path` empty) is skipped, with the reason.
     """
     from i2a.data.media import BadClip, preprocess_clip
 
     out_dir = Path(out_dir)
-    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     (out_dir / "video").mkdir(parents=True, exist_ok=True)
+    (out_dir / "wav").mkdir(parents=True, exist_ok=True)
 
     def one(item):
         row_number, row = item
         stem = f"{row_number:05d}"
         wav_path, video_path = out_dir / "wav" / f"{stem}.wav", out_dir / "video" / f"{stem}.mp4"
+        if not row["path"]:
+            return stem, "skipped", "no video file for this clip", None
         try:
             preprocess_clip(row["path"], video_path, wav_path, seconds=seconds, sample_rate=mel.sample_rate)
+            if videos_only:
+                wav_path.unlink()
+                return stem, "ok", "", None
             spec = mel_spectrogram(read_wav(wav_path, mel.sample_rate), mel)
             return stem, "ok", "", spec
         except BadClip as bad:
@@ -148,15 +156,19 @@ def preprocess_shard(table: pd.DataFrame, out_dir: str | Path, mel: MelSpec, sec
     records = []
     rows = list(enumerate(table.to_dict("records")))
     results = prefetched(one, rows, workers=max(1, workers), ahead=2 * max(1, workers))
-    with NpyRowWriter(out_dir / "mels.npy", (mel.n_mels, mel.keep_frames), np.float32) as mels:
+    with contextlib.ExitStack() as stack:
+        mels = None if videos_only else stack.enter_context(
+            NpyRowWriter(out_dir / "mels.npy", (mel.n_mels, mel.keep_frames), np.float32))
         for (_, row), (stem, status, reason, spec) in tqdm(zip(rows, results), total=len(rows), desc="clips",
                                                            mininterval=10):
             records.append({"clip": row["clip"], "class": row["class"], "status": status, "reason": reason,
                             "file": stem})
             if spec is not None:
                 mels.append(spec)
-            else:
+            elif status != "ok":
                 log.warning("skipped %s: %s", row["clip"], reason)
+    if videos_only:
+        (out_dir / "wav").rmdir()
     manifest = pd.DataFrame(records, columns=["clip", "class", "status", "reason", "file"])
     write_tsv(manifest, out_dir / "clips.tsv")
     return manifest

@@ -4,7 +4,7 @@ Column names are the config's (`layers`, `heads`, `embed`, `dropout`, `weight_de
 of a released transformer carries the published numbers beside the measured ones (`published_KL`,
 `published_FID`, from i2a.models.released), a row of the study's grid its report's and its evaluation logs' numbers
 (`reported_*`, `logged_*`, from i2a.evaluation.reference), and every row says which inputs it was computed on
-(`inputs`: derived here, or the authors' precomputed mels and features).
+(`inputs`: derived here, the authors' precomputed mels and features, or their mels with features derived here).
 """
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ COLUMNS = ["run", "kind", "features", "KL", "KL_low", "KL_high", "published_KL",
            "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "weight_decay", "precision", "epochs",
            "overfit", "KL_seed_sd", "FID_seed_sd", "videos", "samples_per_video", "seeds", "baseline", "train_clips",
            "train_skipped", "valid_clips", "valid_skipped"]
-# `inputs`: where the mels and features came from (vas.source)
-INPUTS = {"download": "derived", "local": "derived", "authors": "authors"}
 KINDS = {"run": "run", "control": "control: features of another video", "ceiling": "ceiling: codebook reconstruction"}
 
 
@@ -88,10 +86,11 @@ def _read(path) -> dict | None:
 
 
 def build_table(specs: Sequence[RunSpec], rows: dict[str, str], results: str | Path, counts: dict[str, int],
-                baseline: str | None, probes: dict[str, Path], inputs: str = "derived", overfit_margin: float = 0.01,
-                overfit_patience: int = 2) -> pd.DataFrame:
+                baseline: str | None, probes: dict[str, Path], inputs: str | dict[str, str] = "derived",
+                overfit_margin: float = 0.01, overfit_patience: int = 2) -> pd.DataFrame:
     """One row per entry of `rows` ({row name: its folder under `results`}): runs, controls, the ceiling. A
-    trained run's curve is read from its metrics.csv and summarised with the overfit margin and patience."""
+    trained run's curve is read from its metrics.csv and summarised with the overfit margin and patience.
+    `inputs`: the `inputs` column, one for all rows or per run (and "reconstruction"), a control taking its run's."""
     results, by_name = Path(results), {spec.name: spec for spec in specs}
     table = []
     for name, folder in rows.items():
@@ -106,13 +105,14 @@ def build_table(specs: Sequence[RunSpec], rows: dict[str, str], results: str | P
             row = {"run": name, "kind": KINDS["control" if name.endswith("+shuffled") else "run"],
                    **run_columns(spec, training, _read(probes.get(spec.features))),
                    **reference_columns(name)}  # the study's numbers: its rows, not their controls
-        table.append({**row, "inputs": inputs, **score_columns(scores, comparison), **counts})
+        source = inputs if isinstance(inputs, str) else inputs[name.removesuffix("+shuffled")]
+        table.append({**row, "inputs": source, **score_columns(scores, comparison), **counts})
     return pd.DataFrame(table, columns=COLUMNS)
 
 
 def write_table(runs: Sequence[dict], rows: dict[str, str], baseline: str | None, results: str | Path,
                 probe_files: Sequence[str], manifests: Sequence[str], clips_tsv: str | Path,
-                out: str | Path, inputs: str = "derived", settings: dict | None = None) -> pd.DataFrame:
+                out: str | Path, inputs: str | dict[str, str] = "derived", settings: dict | None = None) -> pd.DataFrame:
     """The workflow's aggregate_table job: every row's scores, its comparison with the baseline, its run's
     settings and training summary, and its backbone's probe. `settings`: the config's `table` section."""
     from i2a.data.clips import Shard, read_clip_table

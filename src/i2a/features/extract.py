@@ -154,6 +154,8 @@ def _clip_crops(path: str | Path, transform, total: int, crop: int,
     """Decode one clip: uint8 crops of only the frames the padded/cropped sequence uses, and where each goes; or
     (None, reason) when the clip cannot be read, so that one bad clip never fails its shard. `cropped`: the
     reader already returns the model's (crop, crop, 3) frames (`frame_resizer`)."""
+    if path is None:
+        return None, "no video"
     try:
         frames = read_frames(path)
         if len(frames) == 0:
@@ -178,17 +180,17 @@ def _prefetched(fn: Callable, items: Sequence, workers: int, ahead: int) -> Iter
         torch.set_num_threads(n_threads)
 
 
-def extract_features(backbone: FrameEncoder, video_paths: Sequence[str | Path], out_npy: str | Path,
+def extract_features(backbone: FrameEncoder, video_paths: Sequence[str | Path | None], out_npy: str | Path,
                      total: int = 215, crop: int = 212, dtype: str = "float32", batch_size: int = 64,
                      num_workers: int = 2, device: str | torch.device = "cpu", fps: float | None = 21.5,
                      read_frames: Callable[[str | Path], np.ndarray] | None = None,
                      failures: dict[int, str] | None = None, precision: str = "fp32") -> np.ndarray:
     """Features of clips, padded/cropped like SpecVQGAN's loader, saved atomically as [N, crop, D].
 
-    Rows follow `video_paths`; a clip that cannot be decoded gets a row of NaN and its reason in `failures`
-    ({row: reason}; clips were vetted when the dataset was prepared, so this is rare), and the rest go on. Frames are taken at `fps` (None: every decoded frame) by
-    `i2a.data.media.read_video_frames`, or by `read_frames`, in `num_workers` background threads (0: inline).
-    Rows are streamed to disk, so memory does not grow with the number of clips. Returns the file, memory-mapped.
+    Rows follow `video_paths`; a clip that cannot be decoded (or has no video: None) gets a row of NaN and its reason
+    in `failures` ({row: reason}; clips were vetted when the dataset was prepared, so this is rare), and the rest go
+    on. Frames are taken at `fps` (None: every decoded frame) by `i2a.data.media.read_video_frames`, or by
+    `read_frames`, in `num_workers` background threads (0: inline). Rows are streamed to disk, so memory does not grow with the number of clips. Returns the file, memory-mapped.
     """
     device = torch.device(device)
     if device.type == "cpu":
@@ -240,9 +242,12 @@ def extract_features(backbone: FrameEncoder, video_paths: Sequence[str | Path], 
 
 
 def extract_shard(name: str, settings: dict, frames: dict, dtype: str, shard_dir: str | Path, features_out: str | Path,
-                  index_out: str | Path, workers: int = 2, device=None, precision: str = "fp32") -> None:
+                  index_out: str | Path, workers: int = 2, device=None, precision: str = "fp32",
+                  videos_dir: str | Path | None = None) -> None:
     """The workflow's extract_features job: (clips, feat_crop, D) features of one shard's videos at frames['fps'],
-    padded by tiling and centre-cropped, and an index of the clips (row i of the .npy is the index's row i)."""
+    padded by tiling and centre-cropped, and an index of the clips (row i of the .npy is the index's row i).
+    `videos_dir`: the shard's videos are in this videos shard folder (the authors' clips, whose data shard holds
+    mels only), found by clip name; a clip it has no video of gets a row of NaN and the reason."""
     from i2a.data.clips import Shard, write_tsv
     from i2a.device import pick_device
     from i2a.features.backbones import build_backbone
@@ -251,9 +256,19 @@ def extract_shard(name: str, settings: dict, frames: dict, dtype: str, shard_dir
                              image_size=settings["image_size"])
     shard = Shard(shard_dir)
     failures: dict[int, str] = {}
-    extract_features(encoder, shard.video_paths(), features_out, fps=frames["fps"], total=frames["total"],
+    paths: list[Path | None] = shard.video_paths()
+    missing: dict[int, str] = {}
+    if videos_dir is not None:
+        videos = Shard(videos_dir)
+        found = dict(zip(videos.clips, videos.video_paths()))
+        why = dict(zip(videos.table["clip"], videos.table["reason"]))
+        paths = [found.get(clip) for clip in shard.clips]
+        missing = {row: f"no video: {why.get(clip) or 'not in ' + str(videos_dir)}"
+                   for row, clip in enumerate(shard.clips) if paths[row] is None}
+    extract_features(encoder, paths, features_out, fps=frames["fps"], total=frames["total"],
                      crop=frames["crop"], dtype=dtype, batch_size=settings["batch_size"], num_workers=workers,
                      device=pick_device(device), failures=failures, precision=precision)
+    failures.update(missing)
     index = shard.ok[["clip", "class"]].copy()
     index["status"] = ["failed" if i in failures else "ok" for i in range(len(index))]
     index["reason"] = [failures.get(i, "") for i in range(len(index))]
