@@ -197,3 +197,42 @@ def test_building_a_random_backbone_leaves_the_global_rng_alone():
     torch.manual_seed(7)
     build_backbone("resnet18", "none", image_size=64)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_clip_in_fp16_as_the_study_extracted_its_features(tmp_path, monkeypatch):
+    """The study's CLIP features were computed in fp16 (OpenAI's clip.load on a GPU: fp16 weights and activations,
+    LayerNorm in fp32). The registry's openai_fp16 is the same weights file as openai, run that way: the features
+    of OpenCLIP's own fp16 model, close to fp32's but not the same."""
+    import dataclasses
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from i2a.features import registry
+    from i2a.features.extract import extract_clip_features
+
+    entry = BACKBONES["clip_vit_b32"]
+    half_file, full_file = entry.weights["openai_fp16"], entry.weights["openai"]
+    assert dataclasses.replace(half_file, dtype="float32") == full_file and half_file.dtype == "float16"
+    assert registry.WEIGHTS_FILES.count(full_file.filename) == 1  # one file, fetched once
+    torch.manual_seed(5)
+    src = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    path = tmp_path / full_file.filename
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    sha = file_digest(path, "sha256")
+    monkeypatch.setitem(BACKBONES, "clip_vit_b32", dataclasses.replace(
+        entry, weights={name: dataclasses.replace(wf, sha256=sha) for name, wf in entry.weights.items()}))
+    half = build_backbone("clip_vit_b32", "openai_fp16", cache_dir=tmp_path)
+    full = build_backbone("clip_vit_b32", "openai", cache_dir=tmp_path)
+    assert (half.model.conv1.weight.dtype, half.model.ln_pre.weight.dtype) == (torch.float16, torch.float32)
+    assert full.model.conv1.weight.dtype == torch.float32
+    frames = _frames(t=3, h=240, w=320)
+    got_half, got_full = extract_clip_features(half, frames), extract_clip_features(full, frames)
+    assert got_half.dtype == got_full.dtype == np.float32 and got_half.shape == (3, 512)
+    reference = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None, precision="fp16").eval()
+    reference.load_state_dict(src.state_dict())
+    with torch.inference_mode():
+        expected = reference.encode_image(CLIP_PREPROCESS(frames).half()).float().numpy()
+    np.testing.assert_allclose(got_half, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).mean())
+    assert not np.array_equal(got_half, got_full)
+    np.testing.assert_allclose(got_half, got_full, atol=0.05 * np.abs(got_full).mean())

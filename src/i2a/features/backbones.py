@@ -37,6 +37,7 @@ class FrameEncoder:
     weights: str
     model: nn.Module
     transform: FrameTransform
+    dtype: torch.dtype = torch.float32  # what the model's input is cast to (its weights' dtype)
 
 
 def _missing_weights_message(name: str, weights: str, path: Path) -> str:
@@ -96,12 +97,15 @@ def _build_torchvision(arch: str, head: str, state_dict: dict[str, torch.Tensor]
     return model
 
 
-def _build_open_clip(arch: str, state_dict: dict[str, torch.Tensor] | None, image_size: int | None) -> nn.Module:
+def _build_open_clip(arch: str, state_dict: dict[str, torch.Tensor] | None, image_size: int | None,
+                     dtype: str = "float32") -> nn.Module:
     import open_clip
     from open_clip.model import resize_pos_embed
 
-    # OpenAI's models use QuickGELU; a random-init demo model may be built at a smaller input size
-    model = open_clip.create_model(arch, pretrained=None, force_image_size=image_size)
+    # OpenAI's models use QuickGELU; a random-init demo model may be built at a smaller input size. float16:
+    # OpenCLIP's "fp16", fp16 weights and activations with LayerNorm in fp32 (OpenAI's own clip.load on a GPU)
+    model = open_clip.create_model(arch, pretrained=None, force_image_size=image_size,
+                                   precision="fp16" if dtype == "float16" else "fp32")
     if state_dict is not None:
         for key in ("input_resolution", "context_length", "vocab_size"):  # scalars of OpenAI's own archive
             state_dict.pop(key, None)
@@ -110,7 +114,8 @@ def _build_open_clip(arch: str, state_dict: dict[str, torch.Tensor] | None, imag
             model.load_state_dict(state_dict)
         except RuntimeError as err:
             raise ValueError(f"weights do not fit OpenCLIP's {arch}: {str(err)[:500]}") from err
-    return model.visual.float()  # encode_image(x, normalize=False) is exactly visual(x)
+    # encode_image(x, normalize=False) is exactly visual(x); loading fp32 tensors kept fp16 parameters in fp16
+    return model.visual if dtype == "float16" else model.visual.float()
 
 
 def build_backbone(name: str, weights: str = "default", cache_dir: str | Path = DEFAULT_CACHE_DIR,
@@ -124,6 +129,9 @@ def build_backbone(name: str, weights: str = "default", cache_dir: str | Path = 
     entry = backbone(name)
     weights = resolve_weights(name, weights)
     transform = entry.transform(weights)
+    dtype = entry.weights[weights].dtype if weights in entry.weights else "float32"
+    if dtype != "float32" and entry.builder != "open_clip":
+        raise ValueError(f"{name} weights {weights!r}: a {dtype} network is built for OpenCLIP backbones only")
     if image_size is not None:
         if entry.patch and image_size % entry.patch:
             raise ValueError(f"{entry.display_name} needs an image_size that is a multiple of its {entry.patch}-px "
@@ -143,10 +151,11 @@ def build_backbone(name: str, weights: str = "default", cache_dir: str | Path = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         if entry.builder == "open_clip":
-            model = _build_open_clip(entry.arch, state_dict, image_size)
+            model = _build_open_clip(entry.arch, state_dict, image_size, dtype)
         else:
             model = _build_torchvision(entry.arch, entry.head, state_dict)
-    return FrameEncoder(name=name, feat_dim=entry.feat_dim, weights=weights, model=model.eval(), transform=transform)
+    return FrameEncoder(name=name, feat_dim=entry.feat_dim, weights=weights, model=model.eval(), transform=transform,
+                        dtype=getattr(torch, dtype))
 
 
 def fetch_weights(name: str, weights: str = "default", cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:

@@ -107,7 +107,7 @@ def _encode(backbone: FrameEncoder, crops: torch.Tensor, batch_size: int, device
     with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
         for i in range(0, len(crops), batch_size):
             x = crops[i:i + batch_size].to(device, non_blocking=True)
-            x = backbone.transform.normalize(x).contiguous(memory_format=torch.channels_last)
+            x = backbone.transform.normalize(x).to(backbone.dtype).contiguous(memory_format=torch.channels_last)
             out.append(model(x).float().cpu())
     if not out:
         return np.zeros((0, backbone.feat_dim), np.float32)

@@ -89,12 +89,15 @@ CLIP_PREPROCESS = FrameTransform(224, 224, "bicubic", CLIP_MEAN, CLIP_STD)
 @dataclass(frozen=True)
 class WeightsFile:
     """A pretrained weights file: where it comes from, its SHA-256 (full, or the prefix torchvision puts in its
-    file names) and the preprocessing the weights were trained with."""
+    file names), the preprocessing the weights were trained with and the dtype the network runs them in."""
 
     filename: str
     url: str
     sha256: str
     transform: FrameTransform
+    # float16 (OpenCLIP backbones): fp16 weights and activations with LayerNorm in fp32, as OpenAI's clip.load runs
+    # CLIP on a GPU; features.precision still sets the arithmetic of whatever stays fp32
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,11 @@ def _torchvision(filename: str, transform: FrameTransform = VIDEO_FEATURES_CNN) 
 # tensors as OpenAI's fp16 TorchScript release, readable without unpickling anything. Pinned to a commit.
 _HF = "https://huggingface.co/timm/{repo}/resolve/{revision}/open_clip_model.safetensors"
 
+_CLIP_B32 = WeightsFile(
+    "clip_vit_b32_openai.safetensors",
+    _HF.format(repo="vit_base_patch32_clip_224.openai", revision="a6f597a30f7b82c51704746581f9a4e41421e878"),
+    "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31", CLIP_PREPROCESS)
+
 _ENTRIES = [
     Backbone("resnet18", "ResNet18", 512, "torchvision", "resnet18",
              {"imagenet_v1": _torchvision("resnet18-f37072fd.pth")}, head="fc"),
@@ -144,11 +152,9 @@ _ENTRIES = [
              {"imagenet_v1": _torchvision("efficientnet_v2_m-dc08266a.pth")}, head="classifier"),
     Backbone("efficientnet_v2_l", "EfficientNetV2-L", 1280, "torchvision", "efficientnet_v2_l",
              {"imagenet_v1": _torchvision("efficientnet_v2_l-59c71312.pth")}, head="classifier"),
+    # openai_fp16: the same weights run in fp16, as the study extracted its CLIP features (clip.load on a GPU)
     Backbone("clip_vit_b32", "CLIP-ViT-B-32", 512, "open_clip", "ViT-B-32-quickgelu",
-             {"openai": WeightsFile(
-                 "clip_vit_b32_openai.safetensors",
-                 _HF.format(repo="vit_base_patch32_clip_224.openai", revision="a6f597a30f7b82c51704746581f9a4e41421e878"),
-                 "e6d1bd7789aa45192b3bf90570a789b478bae1b74ebcce7eddd908e83a2b7c31", CLIP_PREPROCESS)}, patch=32),
+             {"openai": _CLIP_B32, "openai_fp16": replace(_CLIP_B32, dtype="float16")}, patch=32),
     Backbone("clip_vit_b16", "CLIP-ViT-B-16", 512, "open_clip", "ViT-B-16-quickgelu",
              {"openai": WeightsFile(
                  "clip_vit_b16_openai.safetensors",
@@ -209,4 +215,4 @@ def weights_by_filename(filename: str) -> tuple[str, str, WeightsFile]:
     raise ValueError(f"{filename!r} is not a weights file of any backbone; known: {known}")
 
 
-WEIGHTS_FILES = sorted(wf.filename for entry in BACKBONES.values() for wf in entry.weights.values())
+WEIGHTS_FILES = sorted({wf.filename for entry in BACKBONES.values() for wf in entry.weights.values()})
