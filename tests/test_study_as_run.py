@@ -98,3 +98,104 @@ def test_the_table_puts_the_reports_and_the_logs_numbers_beside_the_measured_one
         at = columns.index(f"{metric}_high")
         assert columns[at + 1:at + 4] == [f"published_{metric}", f"reported_{metric}", f"logged_{metric}"]
     assert reference_columns("my-own-run") == dict.fromkeys(reference)
+
+
+# ---------------------------------------------------------------- config/study-as-run.yaml against the note
+# The note's table, row by row (run names: config/config.yaml's): batch x GPUs as logged and the backend, the LR
+# used, S and the scheduler. Written here from the note, not from the overlay.
+NOTE_ROWS = {
+    "resnet50-default": ("DDP", 32, 3, 3.2e-5, 212, "none"),
+    "resnet50-plateau-small-drop-wd": ("one GPU", 16, 1, 1.6e-5, 212, "plateau"),
+    "resnet50-b64g8-drop": ("DP", 128, 8, 1.28e-4, 1, "none"),
+    "resnet50-b64g8-drop-wd": ("DP", 128, 8, 1.28e-4, 1, "none"),
+    "resnet18-plateau-small-drop-wd": ("one GPU", 20, 1, 2.0e-5, 212, "plateau"),
+    "resnet18-b64g3": ("DDP", 64, 3, 6.4e-5, 212, "none"),
+    "effv2s-b32g3": ("DDP", 32, 3, 3.2e-5, 212, "none"),
+    "effv2s-b128g8-drop": ("DP", 128, 8, 1.28e-4, 1, "none"),
+    "effv2s-b128g8-drop-wd": ("DP", 128, 8, 1.28e-4, 1, "none"),
+    "effv2l-b64g3": ("DDP", 64, 3, 6.4e-5, 212, "none"),
+    "clip-b32g3": ("DDP", 32, 3, 3.2e-5, 212, "none"),
+    "clip-b64g3-drop": ("DP", 128, 3, 1.28e-4, 1, "none"),
+    "clip-b64g8-drop-wd": ("DP", 128, 8, 1.28e-4, 1, "none"),
+    "clip-plateau-b64g8-e512-drop": ("DP", 256, 8, 2.56e-4, 1, "none"),
+    "clip-plateau-b64g8-e512-drop-wd": ("DP", 256, 8, 2.56e-4, 1, "none"),
+    "clip-small-b64g3": ("DDP", 64, 3, 6.4e-5, 212, "none"),
+    "clip-b64g4-drop-wd": ("DP", 128, 4, 1.28e-4, 1, "none"),
+}
+NOTE_PLATEAU_PATIENCE = 2  # rows 3 and 6, medium confidence
+NOTE_SEED = 23  # "Seed 23 (SpecVQGAN's default), not 0": train.py's --seed
+NOTE_SAMPLES_PER_VIDEO = 2
+
+
+@pytest.fixture(scope="module")
+def as_run():
+    from i2a.config import merge_config, validate_config
+
+    overlay = yaml.safe_load((REPO / "config/study-as-run.yaml").read_text())
+    return validate_config(merge_config(yaml.safe_load((REPO / "config/config.yaml").read_text()), overlay),
+                           REPO / "workflow/schemas/config.schema.yaml")
+
+
+def test_every_trained_row_of_the_overlay_has_the_settings_the_note_logged(as_run):
+    from i2a.runspec import RunSpec
+
+    specs = {run["name"]: RunSpec.from_config(as_run, run) for run in as_run["runs"]}
+    trained = {name for name, spec in specs.items() if spec.source == "train"}
+    assert trained == set(NOTE_ROWS) == {r["name"] for r in STUDY["runs"] if r.get("source", "train") == "train"}
+    report = {run["name"]: run for run in STUDY["runs"]}
+    for name, (backend, batch, gpus, lr, S, scheduler) in NOTE_ROWS.items():
+        spec, train = specs[name], specs[name].train
+        if backend == "DP":  # one process, the batch split over the GPUs: here per-GPU batch x GPUs, same global
+            assert train.batch * train.gpus == batch and train.gpus > 1, name
+            assert train.gpus == gpus or batch % gpus, name  # the logged GPU count where the batch splits in it
+        else:
+            assert (train.batch, train.gpus) == (batch, gpus), name
+        assert train.accumulate == 1 and train.learning_rate == pytest.approx(lr, rel=1e-12), name
+        assert (spec.feat_sample_size, train.scheduler) == (S, scheduler), name
+        if scheduler == "plateau":
+            assert train.plateau_patience == NOTE_PLATEAU_PATIENCE, name
+        assert spec.model.dropout == 0.0 and train.seed == NOTE_SEED and not train.early_stopping, name
+        assert spec.sampling.samples_per_video == NOTE_SAMPLES_PER_VIDEO and spec.sampling.seeds == 1, name
+        # what the logs do not change: the report's transformer and decay, the same backbone
+        row = report[name]
+        assert (spec.features, spec.model.layers, spec.model.heads, spec.model.embed, train.weight_decay,
+                train.max_epochs) == (row["features"], row["layers"], row["heads"], row["embed"],
+                                      row["weight_decay"], row["max_epochs"]), name
+
+
+def test_the_overlay_takes_the_studys_inputs_codebook_and_arithmetic(as_run):
+    from i2a.config import component_checkpoint
+    from i2a.features.registry import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, resolve_weights
+
+    assert as_run["vas"]["source"] == "authors"  # the authors' mels, and their ResNet50 features
+    assert component_checkpoint(as_run, "codebook").endswith("vas_codebook.last.ckpt")
+    for name in ("resnet18", "efficientnet_v2_s", "efficientnet_v2_l"):  # Resize 256 -> crop 224, bilinear, ImageNet
+        wf = BACKBONES[name].weights[resolve_weights(name, as_run["backbones"][name]["weights"])]
+        assert (wf.transform.resize, wf.transform.crop, wf.transform.interpolation) == (256, 224, "bilinear")
+        assert (wf.transform.mean, wf.transform.std, wf.dtype) == (IMAGENET_MEAN, IMAGENET_STD, "float32")
+    clip = as_run["backbones"]["clip_vit_b32"]["weights"]
+    assert BACKBONES["clip_vit_b32"].weights[clip].dtype == "float16"  # "CLIP features in fp16"
+    # the study's A100s under PyTorch 2.2.2 (training, sampling: matmuls fp32) and 2.1.2 (CNN features: TF32 convs)
+    assert {run.get("precision") for run in as_run["runs"] if run["source"] == "train"} == {"fp32"}
+    assert (as_run["sampling"]["precision"], as_run["features"]["precision"]) == ("fp32", "tf32")
+    assert as_run["sampling"]["seed"] == 0  # evaluation/generate_samples.py: torch.manual_seed(0)
+
+
+def test_the_overlay_plans_the_whole_table():
+    """`snakemake -n` with the overlay: every trained row is trained on its inputs (ResNet50 rows on the authors'
+    features, the others on features extracted here from the videos of the authors' clips), with the codebook's
+    last.ckpt, and sampled, scored and tabled."""
+    from test_workflow import job_counts, planned_jobs, snakemake
+
+    result = snakemake("-n", "results/as-run/table.csv", "--configfile", "config/study-as-run.yaml")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    counts, jobs = job_counts(result.stdout), set(planned_jobs(result.stdout))
+    assert {run for rule, run in jobs if rule == "train_gpt"} == set(NOTE_ROWS)
+    assert counts["sample_tokens"] == counts["score_samples"] - 1 == len(NOTE_ROWS) + 1  # and the baseline
+    shards = STUDY["shards"]["train"] + STUDY["shards"]["valid"]
+    assert counts["import_authors_mels"] == counts["import_authors_features"] == shards
+    assert counts["preprocess_authors_videos"] == shards and counts["extract_features"] == 4 * shards
+    assert "preprocess_clips" not in counts
+    assert "resources/checkpoints/vas_codebook.last.ckpt" in result.stdout
+    assert "resources/checkpoints/vas_codebook.ckpt" not in result.stdout
+    assert counts["aggregate_table"] == 1 and "results/as-run/table.csv" in result.stdout
