@@ -89,8 +89,8 @@ def _transformer(name: str, stamp: str, md5: str, features: str, S: int, publish
 _RESNET50 = "SpecVQGAN README, ResNet50 features, 10 samples per video"
 _BN_INCEPTION = "SpecVQGAN paper, BN-Inception protocol, 100 samples per video"
 RELEASED: dict[str, ReleasedFile] = {f.name: f for f in [
-    # SpecVQGAN's transformers and the study's all loaded the codebook's last.ckpt (their configs' first_stage
-    # ckpt_path); epoch_259.ckpt is the one SPEC section 10 names. The fetch records whether the two differ.
+    # every training config of the study loads the codebook's last.ckpt (first_stage_config ckpt_path);
+    # epoch_259.ckpt is the one SPEC section 10 names. The fetch records whether the two differ.
     ReleasedFile("vas_codebook", "codebook", "models/2021-06-06T19-42-53_vas_codebook.tar.gz",
                  "0024ad3705c5e58a11779d3d9e97cc8a", member="epoch_259.ckpt", members=("epoch_259.ckpt", "last.ckpt"),
                  published=Published(6.0, 1.0, 1, "SpecVQGAN README"),
