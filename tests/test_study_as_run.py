@@ -199,3 +199,20 @@ def test_the_overlay_plans_the_whole_table():
     assert "resources/checkpoints/vas_codebook.last.ckpt" in result.stdout
     assert "resources/checkpoints/vas_codebook.ckpt" not in result.stdout
     assert counts["aggregate_table"] == 1 and "results/as-run/table.csv" in result.stdout
+
+
+def test_the_overlays_jobs_all_have_a_partition_and_the_gpus_their_row_logged():
+    from i2a.plan import plan_jobs
+
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    jobs = plan_jobs(["results/as-run/table.csv"], configfiles=[str(REPO / "config/study-as-run.yaml")],
+                     every_job=True)
+    unmapped = {job.rule for job in jobs if not job.local and job.rule not in profile["set-resources"]}
+    assert not unmapped, f"submitted without a partition in the profile: {unmapped}"
+    gpus = {job.wildcards["run"]: job.gpus for job in jobs if job.rule == "train_gpt"}
+    assert set(gpus) == set(NOTE_ROWS)
+    for name, (backend, batch, logged, *_) in NOTE_ROWS.items():
+        if backend == "DP" and batch % logged:  # 128 on 3 GPUs: no equal per-GPU share, so other GPUs
+            assert batch % gpus[name] == 0, name
+        else:
+            assert gpus[name] == logged, name
