@@ -8,7 +8,7 @@ import pytest
 
 from i2a.evaluation.metrics import (VideoFID, VideoMKL, bootstrap_ci, fid_per_video, frechet_distance, gaussian_stats,
                                     inception_score, kid, mean_over_seeds, melception_fid, melception_mkl,
-                                    paired_bootstrap, polynomial_mmd, seed_spread)
+                                    paired_bootstrap, polynomial_mmd, score_with_uncertainty, seed_spread)
 
 
 def _fid_by_eigh(x: np.ndarray, y: np.ndarray) -> float:
@@ -158,12 +158,14 @@ def test_bootstrap_fid_interval_is_centred_on_the_point():
     rng = np.random.default_rng(5)
     real = rng.normal(size=(100, 48)) * 2
     fake = real[:, None, :] + rng.normal(size=(100, 3, 48))
-    point, low, high = bootstrap_ci(fake, real, "fid", n_boot=60, seed=1)
+    point, low, high = bootstrap_ci(fake, real, "fid", n_boot=60, seed=1, method="centered")
     assert point == pytest.approx(fid_per_video(fake, real))
     assert low < point < high
     _, p_low, p_high = bootstrap_ci(fake, real, "fid", n_boot=60, seed=1, method="percentile")
     assert p_low > point
     assert p_high - p_low == pytest.approx(high - low)
+    _, l_low, l_high = bootstrap_ci(fake, real, "fid", n_boot=60, seed=1)  # FID's default: log-centered
+    assert l_low < point < l_high
 
 
 def test_seed_spread():
@@ -326,3 +328,32 @@ def test_paired_interval_is_narrower_than_the_unpaired_one():
     u_low, u_high = np.quantile(unpaired, [0.025, 0.975])
     assert diff == pytest.approx(fid(0, np.ones(80)) - fid(1, np.ones(80)), rel=1e-9)
     assert high - low < 0.75 * (u_high - u_low)  # ~0.35-0.5 over other data seeds
+
+
+def _demo_sized_control(seed=0, D=16):
+    """24 videos of 4 classes (the demo's validation split), 2 seeds x 4 samples per video drawn from any class:
+    a control whose samples ignore their video. Resampled FIDs then lie far above the point estimate."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, D)) * 3
+    real = centres[np.repeat(np.arange(4), 6)] + rng.normal(size=(24, D))
+    fake = centres[rng.integers(0, 4, (24, 2, 4))] + rng.normal(size=(24, 2, 4, D))
+    return fake, real
+
+
+def test_fid_interval_cannot_leave_the_metric_range():
+    # the demo's table showed resnet18-s5+shuffled FID 28.66 [-0.31, 90.83]: the 'centered' interval subtracted
+    # the replicates' upward shift from a skewed distribution and crossed 0, where no FID can be
+    fake, real = _demo_sized_control()
+    _, centred_low, _ = bootstrap_ci(fake, real, mean_over_seeds("fid"), n_boot=200, seed=0, method="centered")
+    assert centred_low < 0  # the failure, as the demo met it
+    fid = score_with_uncertainty(fake, real, "fid", n_boot=200, seed=0)
+    assert 0 < fid["low"] < fid["value"] < fid["high"]
+    assert bootstrap_ci(fake, real, mean_over_seeds("fid"), n_boot=200, seed=0)[1:] == \
+        pytest.approx((fid["low"], fid["high"]))  # the table's interval is bootstrap_ci's default for FID
+    # on the log scale: the replicates' spread around their geometric mean, placed on the point estimate
+    scorer = [VideoFID(fake[:, r], real) for r in range(2)]
+    draws = np.random.default_rng(0)
+    weights = [np.bincount(draws.integers(0, 24, 24), minlength=24) for _ in range(200)]
+    logs = np.log([np.mean([s.fid(w) for s in scorer]) for w in weights])
+    expected = fid["value"] * np.exp(np.quantile(logs, [0.025, 0.975]) - logs.mean())
+    assert (fid["low"], fid["high"]) == pytest.approx(tuple(expected), rel=1e-9)
