@@ -11,7 +11,10 @@ import torch
 from i2a.data.clips import write_tsv
 from i2a.data.mel import MelSpec
 from i2a.data.store import save_npy
-from i2a.evaluation.scoring import class_agreement, compare_with_baseline, score_reference, score_samples
+from i2a.evaluation.metrics import paired_bootstrap, score_with_uncertainty
+from i2a.evaluation.scoring import (best_row, class_agreement, compare_rows, compare_with_best, score_reference,
+                                    score_samples)
+from i2a.evaluation.table import comparison_table
 from i2a.models.melception import CKPT_FORMAT, Melception, MelceptionConfig
 from i2a.samples import vocode_samples
 
@@ -99,11 +102,77 @@ def test_scores_of_samples_with_intervals_and_seed_spread(setup):
     assert scores["close"]["fid"]["value"] < scores["noise"]["fid"]["value"]
     assert np.load(root / "close.npz")["2048"].shape == (6, 2, 3, 128)  # (V, R, K, D) for paired comparisons
     # paired: close copies against noise, on the same videos; the difference is the two scores' difference
-    comparison = compare_with_baseline(root / "close.npz", root / "noise.npz", reference, "noise", n_boot=50, seed=0,
-                                       out=root / "comparison.json")
+    comparison = compare_rows(root / "close.npz", root / "noise.npz", reference, "close", "noise", "baseline",
+                              n_boot=50, seed=0, out=root / "comparison.json")
+    assert json.loads((root / "comparison.json").read_text()) == json.loads(json.dumps(comparison))
+    assert (comparison["row"], comparison["against"], comparison["relation"], comparison["videos"]) == \
+        ("close", "noise", "baseline", 6)
     assert comparison["dKL"]["value"] == pytest.approx(scores["close"]["mkl"]["value"] - scores["noise"]["mkl"]["value"])
     assert comparison["dFID"]["value"] == pytest.approx(scores["close"]["fid"]["value"] - scores["noise"]["fid"]["value"])
     assert comparison["dKL"]["low"] <= comparison["dKL"]["value"] <= comparison["dKL"]["high"]
+
+
+def _run_outputs(root, name, real, rng, offset=0.0, noise=0.5, V=40, R=2, K=3):
+    """A run's Melception outputs (V, R, K, ...) near each video's real ones: '2048' features and class logits,
+    shifted by `offset` (a worse run) and blurred by sample noise; written as score_samples writes them, with its
+    scores.json (MKL and FID as score_samples computes them)."""
+    feats = real["2048"][:, None, None] + offset + rng.normal(size=(V, R, K, real["2048"].shape[1])) * noise
+    logits = real["logits"][:, None, None] + offset * rng.normal(size=real["logits"].shape[1]) \
+        + rng.normal(size=(V, R, K, real["logits"].shape[1])) * noise
+    np.savez(root / f"{name}.npz", **{"2048": feats, "logits": logits})
+    scores = {metric: score_with_uncertainty(values, real[key], metric, n_boot=20)
+              for metric, key, values in (("mkl", "logits", logits), ("fid", "2048", feats))}
+    (root / f"{name}.json").write_text(json.dumps(scores))
+    return root / f"{name}.npz", root / f"{name}.json"
+
+
+def test_runs_are_compared_with_the_best_on_the_same_videos(tmp_path):
+    """Three conditioned runs on 40 videos: two alike (the best cannot be told from its twin) and one clearly
+    worse. Each is compared paired with the best by MKL: the same numbers as paired_bootstrap on the two runs, the
+    twin's dKL interval covering 0, the worse run's above 0, the best's own line exactly 0."""
+    rng = np.random.default_rng(3)
+    V, classes = 40, 6
+    real = {"clips": np.array([f"c{i % classes}/{i}" for i in range(V)]), "2048": rng.normal(size=(V, 16)) * 2,
+            "logits": rng.normal(size=(V, classes)) * 3}
+    np.savez(tmp_path / "reference.npz", **real)
+    files = {"twin-a": _run_outputs(tmp_path, "twin-a", real, rng), "twin-b": _run_outputs(tmp_path, "twin-b", real, rng),
+             "worse": _run_outputs(tmp_path, "worse", real, rng, offset=1.5)}
+    outputs, scores = ({run: f[i] for run, f in files.items()} for i in (0, 1))
+    best = best_row(scores)
+    assert best in ("twin-a", "twin-b")
+    mkl = {run: json.loads(path.read_text())["mkl"]["value"] for run, path in scores.items()}
+    assert mkl[best] == min(mkl.values())
+    twin = ({"twin-a", "twin-b"} - {best}).pop()
+    lines = []
+    for run in files:
+        result = compare_with_best(run, outputs, scores, tmp_path / "reference.npz", n_boot=200, seed=0,
+                                   out=tmp_path / f"{run}.vs_best.json")
+        assert (result["row"], result["against"], result["relation"], result["videos"]) == (run, best, "best", V)
+        lines.append(tmp_path / f"{run}.vs_best.json")
+        if run == best:
+            assert result["dKL"] == result["dFID"] == {"value": 0.0, "low": 0.0, "high": 0.0}
+            continue
+        a, b, ref = np.load(outputs[run]), np.load(outputs[best]), np.load(tmp_path / "reference.npz")
+        for name, key, metric in (("dKL", "logits", "mkl"), ("dFID", "2048", "fid")):
+            expected = paired_bootstrap(a[key], b[key], ref[key], metric, n_boot=200, seed=0)
+            assert tuple(result[name].values()) == pytest.approx(expected, rel=1e-12)
+    twin_line, worse_line = (json.loads((tmp_path / f"{run}.vs_best.json").read_text()) for run in (twin, "worse"))
+    assert twin_line["dKL"]["low"] < 0 < twin_line["dKL"]["high"]  # not separable
+    assert worse_line["dKL"]["low"] > 0 and worse_line["dFID"]["low"] > 0  # worse than the best, in both
+    table = comparison_table(lines)
+    assert list(table["row"]) == list(files) and set(table["against"]) == {best}
+    assert table.set_index("row").loc["worse", "dKL_low"] == worse_line["dKL"]["low"]
+
+
+def test_the_best_row_is_the_lowest_mkl_first_of_equals(tmp_path):
+    scores = {}
+    for run, value in (("a", 0.5), ("b", 0.2), ("c", 0.2)):
+        scores[run] = tmp_path / f"{run}.json"
+        scores[run].write_text(json.dumps({"mkl": {"value": value}}))
+    assert best_row(scores) == "b"
+    scores["c"].write_text(json.dumps({"mkl": {"value": float("nan")}}))
+    with pytest.raises(ValueError, match="no MKL for c"):
+        best_row(scores)
 
 
 def test_scoring_refuses_samples_of_other_videos(setup):

@@ -89,6 +89,8 @@ def test_full_study_plans_every_run_quickly():
     assert counts["sample_tokens"] == counts["vocode"] == 21
     assert counts["score_samples"] == 21 + 1  # and the codebook's reconstructions, the ceiling row
     assert counts["compare_with_baseline"] == 21  # every row but the baseline (the released no-feats model)
+    conditioned = [r for r in runs if r["features"] != "none"]
+    assert counts["compare_with_best"] == len(conditioned) == 20  # every conditioned run against the best one
     backbones = {r["features"] for r in runs} - {"none"}
     shards = study["shards"]["train"] + study["shards"]["valid"]
     assert counts["extract_features"] == len(backbones) * shards
@@ -215,7 +217,7 @@ def test_every_rule_left_a_benchmark_and_a_log(demo):
     assert {"make_synthetic_videos", "list_clips", "preprocess_clips", "extract_features", "feature_summary",
             "train_codebook", "encode_tokens", "train_gpt", "sample_tokens", "vocode", "train_melception",
             "score_reference", "reconstruct_validation", "score_samples", "compare_with_baseline",
-            "aggregate_table", "report_results", "report_landing", "plot_codebook", "plot_loss_curve",
+            "compare_with_best", "aggregate_table", "report_results", "report_landing", "plot_codebook", "plot_loss_curve",
             "plot_training_overview",
             "listening_gallery"} == {p.parts[0] for p in benchmarks}
 
@@ -235,11 +237,14 @@ def test_changing_one_runs_dropout_reruns_exactly_that_run(demo, tmp_path):
     assert result.returncode == 0, result.stderr
     run = yaml.safe_load(changed.read_text())["runs"][1]["name"]
     jobs = sorted(planned_jobs(result.stdout))
-    # the run, its shuffled-features control (same transformer) and their comparisons with the baseline
+    # the run, its shuffled-features control (same transformer) and their comparisons with the baseline; every
+    # conditioned run's comparison with the best (which run is best may change)
     samples, shuffled = f"{run}/samples", f"{run}/shuffled"
+    conditioned = [r["name"] for r in yaml.safe_load(changed.read_text())["runs"] if r["features"] != "none"]
     assert jobs == sorted([("train_gpt", run), ("sample_tokens", samples), ("sample_tokens", shuffled),
                            ("vocode", run), ("score_samples", samples), ("score_samples", shuffled),
                            ("compare_with_baseline", samples), ("compare_with_baseline", shuffled),
+                           *[("compare_with_best", name) for name in conditioned],
                            ("aggregate_table", ""), ("plot_loss_curve", run), ("listening_gallery", run),
                            ("plot_training_overview", ""), ("report_results", ""), ("report_landing", ""),
                            ("all", "")]), result.stdout

@@ -46,12 +46,14 @@ TRAINED_RUNS = [name for name, spec in RUN_SPECS.items() if spec.source == "trai
 BASELINE = baseline_run(config)
 # every row of the table and the folder its samples are in: the runs, their shuffled-features controls, and the
 # codebook's reconstructions of the real clips (the ceiling)
-CONTROLLED = (
-    [name for name, spec in RUN_SPECS.items() if spec.features != "none"] if config["controls"]["shuffled"] else []
-)
+CONDITIONED = [name for name, spec in RUN_SPECS.items() if spec.features != "none"]
+CONTROLLED = CONDITIONED if config["controls"]["shuffled"] else []
 ROWS = {name: f"runs/{name}/samples" for name in RUNS}
 ROWS |= {f"{name}+shuffled": f"runs/{name}/shuffled" for name in CONTROLLED}
 ROWS["reconstruction"] = "reconstruction/samples"
+ROW_OF = {folder: name for name, folder in ROWS.items()}
+# the conditioned runs compared paired with the best of them (lowest MKL), when there are two or more
+COMPARED_WITH_BEST = CONDITIONED if len(CONDITIONED) > 1 else []
 CPU_ENV = "../envs/data.yaml"
 TORCH_ENV = "../envs/torch.yaml"
 GPU = 1 if config["gpu"] else 0
@@ -219,10 +221,12 @@ def samples_per_video_set(sampleset):
 
 
 def table_inputs(wildcards):
+    """Every row's scores, and every paired comparison (comparisons.csv): each row against the baseline, each
+    conditioned run against the best one."""
     inputs = {"scores": [f"{R}/{folder}/scores.json" for folder in ROWS.values()]}
     inputs["comparisons"] = [
         f"{R}/{folder}/comparison.json" for row, folder in ROWS.items() if BASELINE not in (None, row)
-    ]
+    ] + [f"{R}/{ROWS[name]}/vs_best.json" for name in COMPARED_WITH_BEST]
     inputs["metrics"] = [f"{R}/runs/{name}/metrics.csv" for name in TRAINED_RUNS]
     inputs["probes"] = probe_files()
     return inputs

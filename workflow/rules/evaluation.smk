@@ -134,8 +134,36 @@ rule compare_with_baseline:
     params:
         metrics=config["metrics"],
         baseline=BASELINE,
+        row=lambda w: ROW_OF[w.sampleset],
     script:
         "../scripts/compare_with_baseline.py"
+
+
+rule compare_with_best:
+    """A conditioned run against the best conditioned run (lowest MKL, read from their scores) on the same
+    validation videos: dKL and dFID with a paired bootstrap interval (the best against itself: 0)."""
+    input:
+        scores=[f"{R}/{ROWS[name]}/scores.json" for name in COMPARED_WITH_BEST],
+        outputs=[f"{R}/{ROWS[name]}/outputs.npz" for name in COMPARED_WITH_BEST],
+        reference=f"{R}/eval/reference.npz",
+    output:
+        f"{R}/runs/{{run}}/samples/vs_best.json",
+    log:
+        f"{LOGS}/compare_with_best/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/compare_with_best/{{run}}.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(120),
+        # as compare_with_baseline: it loads two rows' outputs and bootstraps their difference
+        mem_mb=by_attempt(4000),
+    params:
+        metrics=config["metrics"],
+        runs=COMPARED_WITH_BEST,
+    script:
+        "../scripts/compare_with_best.py"
 
 
 rule aggregate_table:
@@ -145,9 +173,14 @@ rule aggregate_table:
         clips=f"{R}/data/clips.tsv",
         manifests=data_shards("train") + data_shards("valid"),
     output:
-        report(
+        table=report(
             f"{R}/table.csv",
             caption="../report/table.rst",
+            category="Results",
+        ),
+        comparisons=report(
+            f"{R}/comparisons.csv",
+            caption="../report/comparisons.rst",
             category="Results",
         ),
     log:
@@ -163,7 +196,7 @@ rule aggregate_table:
         rows=ROWS,
         baseline=BASELINE,
         # the folder the table sits in holds every row's scores (as a function of the output, not a hard-coded path)
-        results=lambda w, output: os.path.dirname(output[0]),
+        results=lambda w, output: os.path.dirname(output.table),
         inputs=row_inputs(),
         settings=config["table"],
     script:

@@ -100,19 +100,46 @@ def score_samples(mels_path: str | Path, names_path: str | Path, reference_path:
     return scores
 
 
-def compare_with_baseline(outputs: str | Path, baseline_outputs: str | Path, reference: str | Path,
-                          baseline: str, n_boot: int, seed: int, out: str | Path) -> dict:
-    """A row against the baseline run on the same validation videos: dKL and dFID (row minus baseline), each with
-    a paired bootstrap 95% interval that resamples the videos jointly for both (see paired_bootstrap)."""
+def compare_rows(outputs: str | Path, against_outputs: str | Path, reference: str | Path, row: str, against: str,
+                 relation: str, n_boot: int, seed: int, out: str | Path) -> dict:
+    """One row against another on the same validation videos: dKL and dFID (row minus `against`), each with a
+    paired bootstrap 95% interval that resamples the videos jointly for both (see paired_bootstrap). `relation`
+    says why they are compared (`baseline`: every row against the baseline run; `best`: a conditioned run against
+    the best one). Writes and returns {row, against, relation, videos, dKL, dFID}."""
     from i2a.evaluation.metrics import paired_bootstrap
 
-    row, base, real = np.load(outputs), np.load(baseline_outputs), np.load(reference)
-    result = {"baseline": baseline}
-    for name, key, metric in (("dKL", "logits", "mkl"), ("dFID", "2048", "fid")):
-        value, low, high = paired_bootstrap(row[key], base[key], real[key], metric, n_boot=n_boot, seed=seed)
-        result[name] = {"value": value, "low": low, "high": high}
+    result = {"row": row, "against": against, "relation": relation}
+    if Path(outputs) == Path(against_outputs):  # a row against itself: paired_bootstrap's exact 0, not computed
+        result["videos"] = len(np.load(reference)["clips"])
+        result |= {name: {"value": 0.0, "low": 0.0, "high": 0.0} for name in ("dKL", "dFID")}
+    else:
+        a, b, real = np.load(outputs), np.load(against_outputs), np.load(reference)
+        result["videos"] = len(real["clips"])
+        for name, key, metric in (("dKL", "logits", "mkl"), ("dFID", "2048", "fid")):
+            value, low, high = paired_bootstrap(a[key], b[key], real[key], metric, n_boot=n_boot, seed=seed)
+            result[name] = {"value": value, "low": low, "high": high}
     write_text(out, json.dumps(result, indent=2, allow_nan=True))
-    log.info("against %s: dKL %+.3f [%+.3f, %+.3f], dFID %+.2f [%+.2f, %+.2f]", baseline, result["dKL"]["value"],
-             result["dKL"]["low"], result["dKL"]["high"], result["dFID"]["value"], result["dFID"]["low"],
-             result["dFID"]["high"])
+    log.info("%s against %s (%s): dKL %+.3f [%+.3f, %+.3f], dFID %+.2f [%+.2f, %+.2f]", row, against, relation,
+             result["dKL"]["value"], result["dKL"]["low"], result["dKL"]["high"], result["dFID"]["value"],
+             result["dFID"]["low"], result["dFID"]["high"])
     return result
+
+
+def best_row(scores: dict[str, str | Path]) -> str:
+    """Of {row: its scores.json}, the row with the lowest MKL (the first of equals, in the given order)."""
+    if not scores:
+        raise ValueError("no rows to choose the best from")
+    mkl = {row: json.loads(Path(path).read_text())["mkl"]["value"] for row, path in scores.items()}
+    unscored = [row for row, value in mkl.items() if value is None or np.isnan(value)]
+    if unscored:
+        raise ValueError(f"no MKL for {', '.join(unscored)}: the best run cannot be chosen")
+    return min(mkl, key=mkl.get)
+
+
+def compare_with_best(row: str, outputs: dict[str, str | Path], scores: dict[str, str | Path],
+                      reference: str | Path, n_boot: int, seed: int, out: str | Path) -> dict:
+    """A conditioned run against the best of the conditioned runs (lowest MKL; `outputs` and `scores` per run), on
+    the same videos (compare_rows with relation `best`). The best is chosen on the videos it is compared on, which
+    favours it slightly: an interval that covers 0 says the two cannot be told apart, not that they are equal."""
+    best = best_row(scores)
+    return compare_rows(outputs[row], outputs[best], reference, row, best, "best", n_boot, seed, out)

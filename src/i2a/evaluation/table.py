@@ -30,6 +30,9 @@ COLUMNS = ["run", "kind", "features", "KL", "KL_low", "KL_high", "published_KL",
            "scheduler", "batch", "gpus", "layers", "heads", "embed", "dropout", "weight_decay", "precision", "epochs",
            "overfit", "KL_seed_sd", "FID_seed_sd", "videos", "samples_per_video", "seeds", "baseline", "train_clips",
            "train_skipped", "valid_clips", "valid_skipped"]
+# comparisons.csv: one line per paired comparison, row minus `against`; `relation` says why they are compared
+COMPARISON_COLUMNS = ["row", "against", "relation", "dKL", "dKL_low", "dKL_high", "dFID", "dFID_low", "dFID_high",
+                      "videos"]
 KINDS = {"run": "run", "control": "control: features of another video", "ceiling": "ceiling: codebook reconstruction"}
 
 
@@ -56,7 +59,7 @@ def score_columns(scores: dict, comparison: dict | None) -> dict:
         for name in ("dKL", "dFID"):
             row.update({name: comparison[name]["value"], f"{name}_low": comparison[name]["low"],
                         f"{name}_high": comparison[name]["high"]})
-        row["baseline"] = comparison["baseline"]
+        row["baseline"] = comparison["against"]
     return row
 
 
@@ -110,11 +113,26 @@ def build_table(specs: Sequence[RunSpec], rows: dict[str, str], results: str | P
     return pd.DataFrame(table, columns=COLUMNS)
 
 
+def comparison_table(files: Sequence[str | Path]) -> pd.DataFrame:
+    """Paired comparisons (compare_rows' files) as comparisons.csv's lines, in the files' order."""
+    lines = []
+    for path in files:
+        result = _read(path)
+        line = {name: result[name] for name in ("row", "against", "relation", "videos")}
+        for name in ("dKL", "dFID"):
+            line |= {name: result[name]["value"], f"{name}_low": result[name]["low"],
+                     f"{name}_high": result[name]["high"]}
+        lines.append(line)
+    return pd.DataFrame(lines, columns=COMPARISON_COLUMNS)
+
+
 def write_table(runs: Sequence[dict], rows: dict[str, str], baseline: str | None, results: str | Path,
                 probe_files: Sequence[str], manifests: Sequence[str], clips_tsv: str | Path,
-                out: str | Path, inputs: str | dict[str, str] = "derived", settings: dict | None = None) -> pd.DataFrame:
+                out: str | Path, inputs: str | dict[str, str] = "derived", settings: dict | None = None,
+                comparisons: Sequence[str | Path] = (), comparisons_out: str | Path | None = None) -> pd.DataFrame:
     """The workflow's aggregate_table job: every row's scores, its comparison with the baseline, its run's
-    settings and training summary, and its backbone's probe. `settings`: the config's `table` section."""
+    settings and training summary, and its backbone's probe. `settings`: the config's `table` section. With
+    `comparisons_out`, also every paired comparison (`comparisons`: their files) as comparisons.csv."""
     from i2a.data.clips import Shard, read_clip_table
 
     counts = clip_counts([Shard(d).table for d in manifests], read_clip_table(clips_tsv))
@@ -125,4 +143,7 @@ def write_table(runs: Sequence[dict], rows: dict[str, str], baseline: str | None
                         overfit_patience=settings.get("overfit_patience", 2))
     with atomic_path(out) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4g")
+    if comparisons_out is not None:
+        with atomic_path(comparisons_out) as tmp:
+            comparison_table(comparisons).to_csv(tmp, index=False, float_format="%.4g")
     return table
