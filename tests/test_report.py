@@ -208,3 +208,101 @@ def test_gallery_embeds_frame_spectrograms_and_both_sounds(tmp_path):
     fewer = collect_gallery(audio, tmp_path / "mels.npy", tmp_path / "videos.txt",
                             [tmp_path / "shard000", tmp_path / "shard001"], n_videos=1)
     assert [e.clip for e in fewer] == ["dog/d1"]
+
+
+# ---------------------------------------------------------------- the landing page and the method page
+def study(clip_vs_best=(0.05, -0.02, 0.12)):
+    """A table of three runs (two conditioned, the no-feats baseline), a control and the ceiling, and its paired
+    comparisons: every row against the baseline, the conditioned runs against the best (r18). `clip_vs_best`:
+    clip's dKL against r18 (value, low, high)."""
+    def row(run, kind, features, kl, d=None, fid=30.0, dfid=None):
+        d, dfid = d or (None, None, None), dfid or (None, None, None)
+        return {"run": run, "kind": kind, "features": features, "KL": kl, "KL_low": 0.8 * kl, "KL_high": 1.3 * kl,
+                "dKL": d[0], "dKL_low": d[1], "dKL_high": d[2], "FID": fid, "FID_low": fid / 2, "FID_high": fid * 1.6,
+                "dFID": dfid[0], "dFID_low": dfid[1], "dFID_high": dfid[2], "class_acc": 0.9,
+                "baseline": None if d[0] is None else "none", "videos": 24, "samples_per_video": 4, "seeds": 2}
+
+    table = pd.DataFrame([
+        row("r18", "run", "ResNet18", 0.20, (-5.0, -5.6, -4.4), 27.0, (-3.0, -9.0, 4.0)),
+        row("clip", "run", "CLIP", 0.25, (-4.95, -5.5, -4.3), 26.0, (-4.0, -10.0, 2.0)),
+        row("none", "run", "none", 5.2),
+        row("r18+shuffled", "control: features of another video", "ResNet18", 7.0, (1.8, 0.5, 3.2)),
+        row("reconstruction", "ceiling: codebook reconstruction", "codebook", 0.01, (-5.2, -6.0, -4.5)),
+    ])
+    lines = [{"row": r["run"], "against": "none", "relation": "baseline", **{k: r[k] for k in (
+        "dKL", "dKL_low", "dKL_high", "dFID", "dFID_low", "dFID_high")}, "videos": 24}
+        for _, r in table.iterrows() if r["run"] != "none"]
+    lines.append({"row": "r18", "against": "r18", "relation": "best", "dKL": 0.0, "dKL_low": 0.0, "dKL_high": 0.0,
+                  "dFID": 0.0, "dFID_low": 0.0, "dFID_high": 0.0, "videos": 24})
+    lines.append({"row": "clip", "against": "r18", "relation": "best", "dKL": clip_vs_best[0],
+                  "dKL_low": clip_vs_best[1], "dKL_high": clip_vs_best[2], "dFID": -1.0, "dFID_low": -7.0,
+                  "dFID_high": 5.0, "videos": 24})
+    return table, pd.DataFrame(lines)
+
+
+def render_rst(text: str) -> str:
+    """The landing page as Snakemake renders it: docutils' html_body, with the link targets Snakemake appends."""
+    from docutils.core import publish_parts
+
+    return publish_parts(text + "\n\n.. _method.html: javascript:void(0)\n", writer="html",
+                         settings_overrides={"report_level": 2, "halt_level": 2})["html_body"]
+
+
+def test_the_landing_page_opens_with_the_answer_and_says_not_separable():
+    from i2a.report.landing import TITLE, landing_rst
+
+    table, comparisons = study()
+    page = render_rst(landing_rst(table, comparisons, "the demo", {"real_acc": 1.0}, {}, None))
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page))
+    # the title, then the answer box before anything else: who beats the baseline by how much, with intervals
+    answer = page.split('<div class="verdict docutils container">', 1)[1].split("</div>", 1)[0]
+    assert page.index(TITLE) < page.index('class="verdict') < page.index("Every run, best first")
+    answer_text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", answer))
+    assert "2 of 2 runs beat the baseline none in MKL: r18 by 5.000 [4.400, 5.600]; clip by 4.950 [4.300, 5.500]" \
+        in answer_text
+    assert "The best run is r18 (MKL 0.200 [0.160, 0.260]). clip is not separable from it " \
+           "(dKL +0.050 [-0.020, +0.120]: the interval covers 0)." in answer_text
+    assert 'href="javascript:void(0)">Method and caveats</a>' in answer  # the method page, one click away
+    # every run best first, with both paired differences and what they say
+    assert "clip CLIP 0.250 [0.200, 0.325] -4.950 [-5.500, -4.300] +0.050 [-0.020, +0.120]" in text
+    assert "better than the baseline; not separable from the best" in text
+    assert "better than the baseline; the best" in text and "baseline" in text
+    assert "Ceiling" in text and "Control" in text
+
+
+def test_the_landing_page_says_which_run_is_worse_than_the_best():
+    from i2a.report.landing import answer_lines, runs_rows
+
+    table, comparisons = study(clip_vs_best=(0.05, 0.01, 0.09))
+    lines = answer_lines(table, comparisons, strong="")
+    assert lines[-1] == "The best run is r18 (MKL 0.200 [0.160, 0.260]). clip is worse than it (dKL +0.050 " \
+                        "[+0.010, +0.090])."
+    assert [r[0] for r in runs_rows(table, comparisons)] == ["r18", "clip", "none"]  # best first
+    assert runs_rows(table, comparisons)[1][-1] == "better than the baseline; worse than the best"
+
+
+def test_the_landing_page_lists_other_paired_controls():
+    """A control kind compared with its own run (as `<run>+bf16` with its fp32 run) shows with its verdict."""
+    from i2a.report.landing import landing_rst
+
+    table, comparisons = study()
+    extra = {"row": "clip+bf16", "against": "clip", "relation": "fp32", "dKL": 0.01, "dKL_low": -0.02,
+             "dKL_high": 0.04, "dFID": 0.2, "dFID_low": -1.0, "dFID_high": 1.5, "videos": 24}
+    comparisons = pd.concat([comparisons, pd.DataFrame([extra])], ignore_index=True)
+    text = re.sub(r"<[^>]+>", "", render_rst(landing_rst(table, comparisons, "the demo", {}, {}, None)))
+    assert "clip+bf16 against clip (fp32): dKL +0.010 [-0.020, +0.040], dFID +0.2 [-1.0, +1.5]: not separable" \
+        in re.sub(r"\s+", " ", text)
+
+
+def test_the_method_page_says_how_wide_fid_intervals_are():
+    from i2a.report.landing import method_html
+
+    table, comparisons = study()
+    page = method_html(table, comparisons, "the built-in synthetic demo", n_boot=200)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))
+    # FID_high / FID_low is 3.2 for every row here, (high - low) / value 110%
+    assert "At 24 validation videos FID's intervals are wide: their upper end is a median 3.2 times their lower " \
+           "end, a width of 110% of the value" in text
+    assert "3 of the 3 paired dFID intervals cover 0" in text  # the conditioned runs', the best's own line not counted
+    assert "200 replicates" in text and "log scale" in text and "synthetic demo" in text
+    assert "chosen on the same videos" in text

@@ -2,7 +2,12 @@
 curves, MKL/FID per run, and a listening gallery per run. Cheap CPU jobs, run where snakemake runs."""
 
 # Every file the report shows; rule all asks for them, so a finished run has its report ready to build.
-REPORT_FILES = [f"{R}/report/landing.rst", f"{R}/report/table.html", f"{R}/report/scores.svg"]
+REPORT_FILES = [
+    f"{R}/report/landing.rst",
+    f"{R}/report/method.html",
+    f"{R}/report/table.html",
+    f"{R}/report/scores.svg",
+]
 TRAINED_CODEBOOK = codebook_checkpoint() == f"{R}/codebook/codebook.ckpt"
 if TRAINED_CODEBOOK:
     REPORT_FILES.append(f"{R}/report/codebook.svg")
@@ -51,15 +56,22 @@ rule report_results:
 
 
 rule report_landing:
-    """The report's front page: each run against the baseline with its paired interval, best first; the ceiling,
-    the controls, the probes, the evaluator's and the codebook's health."""
+    """The report's front page: the answer first (which runs beat the baseline, by how much; which cannot be told
+    from the best), every run best first with its paired intervals; the ceiling, the controls, the probes, the
+    evaluator's and the codebook's health. And the method page: how the numbers are made, what they cannot say."""
     input:
         table=f"{R}/table.csv",
+        comparisons=f"{R}/comparisons.csv",
         evaluator=f"{R}/eval/evaluator.json",
         probes=probe_files(),
         codebook=[f"{R}/codebook/summary.json"] if TRAINED_CODEBOOK else [],
     output:
-        f"{R}/report/landing.rst",
+        landing=f"{R}/report/landing.rst",
+        method=report(
+            f"{R}/report/method.html",
+            caption="../report/method.rst",
+            category="Method and caveats",
+        ),
     log:
         f"{LOGS}/report_landing.log",
     benchmark:
@@ -70,6 +82,7 @@ rule report_landing:
         runtime=by_attempt(10),
     params:
         dataset="the built-in synthetic demo" if config["dataset"] == "synthetic" else "VAS",
+        bootstrap=config["metrics"]["bootstrap"],
     script:
         "../scripts/report_landing.py"
 

@@ -26,6 +26,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; white
 th { background: #eee; }
 td.name { text-align: left; }
 .note { color: #555; font-size: 0.9em; max-width: 60em; }
+.prose { max-width: 60em; line-height: 1.45; }
 .video { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; border-top: 1px solid #ccc;
          padding: 0.8em 0; }
 .video h3 { flex-basis: 100%; margin: 0; }
