@@ -1,6 +1,9 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make demo    install (uv, pinned by uv.lock) and run the whole workflow on the built-in demo
-#   make test    install and run the tests (first, as root with apt-get: a single-node SLURM and Chromium)
+#   make demo    install (uv, pinned by uv.lock), run the whole workflow on the built-in demo, build its report and
+#                print the answer and where the report is
+#   make test    install and run the tests (first, as root with apt-get: a single-node SLURM and Chromium; it says
+#                so before it starts, and `make test SLURM=no BROWSER=no` leaves the machine alone)
+#   make report  the HTML report of CONFIG's results (the demo's by default) and the answer in the terminal
 #   make plan    jobs per rule and the GPU/CPU-hours the SLURM profile would request for the full study
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
@@ -9,8 +12,10 @@ CORES ?= 2
 # `BROWSER=no` skips installing Chromium (the report test then skips unless it is installed).
 SLURM ?= auto
 BROWSER ?= auto
+# The config whose results `make report` reports (`make report CONFIG=config/config.yaml` for the study).
+CONFIG ?= config/demo.yaml
 
-.PHONY: install demo test lint clean-demo slurm browser plan
+.PHONY: install demo report test test-notice lint clean-demo slurm browser plan
 
 # uv itself from PyPI with the standard library only: `pip install --user` is refused by an externally managed
 # Python (Debian/Ubuntu, PEP 668) and some systems have no pip at all.
@@ -24,9 +29,21 @@ install: $(UV)
 
 demo: install
 	.venv/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
+	@$(MAKE) --no-print-directory report CONFIG=config/demo.yaml
 
-test: install $(if $(filter no,$(SLURM)),,slurm) $(if $(filter no,$(BROWSER)),,browser)
+# One self-contained HTML file, <results>/report.html (Snakemake's report: the answer on its landing page, the
+# table, curves, the listening gallery), then the answer, the runs and where the report is, printed.
+report:
+	.venv/bin/snakemake --report "$$(.venv/bin/python -m i2a.report.summary --configfile $(CONFIG) --report-path)" \
+		--configfile $(CONFIG)
+	@.venv/bin/python -m i2a.report.summary --configfile $(CONFIG)
+
+# test-notice first: what the set-up will install and start as root, before anything runs.
+test: test-notice install $(if $(filter no,$(SLURM)),,slurm) $(if $(filter no,$(BROWSER)),,browser)
 	.venv/bin/python -m pytest
+
+test-notice:
+	@bash .ci/notice.sh $(SLURM) $(BROWSER)
 
 # A single-node SLURM (munge, MariaDB, slurmdbd, slurmctld, slurmd; partitions cpu and gpu) for the SLURM tests.
 # Only as root with apt-get; does nothing elsewhere. About a second when it is already up.

@@ -59,7 +59,8 @@ def cluster_name() -> str:
 
 def skip_reason() -> str | None:
     if not slurm_answers():
-        return "no SLURM here (sinfo does not answer); as root, .ci/slurm/setup.sh starts one"
+        return ("no SLURM here (sinfo does not answer): to run the SLURM tests, as root on a machine with apt-get, "
+                "`make test` (without SLURM=no) starts a one-node SLURM first (.ci/slurm/setup.sh)")
     if cluster_name() != "ci" and os.environ.get("I2A_SLURM_TEST") != "1":
         return "this SLURM is not the CI cluster from .ci/slurm/setup.sh; set I2A_SLURM_TEST=1 to submit to it"
     return None

@@ -157,6 +157,8 @@ def test_demo_writes_the_table(demo):
                                                                   - synthetic["valid_per_class"])
     assert table[["KL", "FID"]].notna().all().all()
     assert ((table["KL_low"] <= table["KL"]) & (table["KL"] <= table["KL_high"])).all()
+    # FID's intervals stay in FID's range (the 'centered' interval of a shuffled control reached below 0)
+    assert ((0 < table["FID_low"]) & (table["FID_low"] <= table["FID"]) & (table["FID"] <= table["FID_high"])).all()
     assert (workdir / "results/demo/runs/no-feats/audio/index.tsv").exists()
     print(f"demo wall time {elapsed:.0f} s\n{table.to_string(index=False)}")
 
@@ -188,9 +190,22 @@ def test_the_demo_shows_the_science(demo):
     assert summary["codes_used"] >= 0.85 * summary["codes"]
     warm = int(np.argmax(used >= 0.75 * summary["codes"]))
     assert used[warm] >= 0.75 * summary["codes"] and used[warm:].min() >= 0.6 * summary["codes"], list(used)
-    # the report's front page answers the question
+    # the report's front page answers the question: who beats the baseline, and whether the best run can be told
+    # from the other conditioned one (its paired interval against the best)
     landing = (results / "report/landing.rst").read_text()
     assert "better than the baseline" in landing and "Ceiling" in landing and "Control" in landing
+    versus = pd.read_csv(results / "comparisons.csv").query("relation == 'best'").set_index("row")
+    conditioned = runs[runs["features"] != "none"]
+    best = conditioned["KL"].idxmin()
+    assert set(versus.index) == set(conditioned.index) and set(versus["against"]) == {best}
+    sentence = re.search(r"The best run is \*\*(\S+)\*\* \(MKL [^)]*\)\.(.*)", landing)
+    assert sentence and sentence.group(1) == best, landing
+    for run in conditioned.index.drop(best):
+        low, high = versus.loc[run, "dKL_low"], versus.loc[run, "dKL_high"]
+        said = "**not separable**" if low <= 0 <= high else "worse than it" if low > 0 else None
+        assert said and f"**{run}**" in sentence.group(2) and said in sentence.group(2), sentence.group(0)
+        interval = f"{versus.loc[run, 'dKL']:+.3f} [{low:+.3f}, {high:+.3f}]"
+        assert interval in sentence.group(2)
 
 
 def test_the_same_machine_gives_the_same_table_twice(demo, tmp_path):
@@ -254,7 +269,27 @@ def test_changing_one_runs_dropout_reruns_exactly_that_run(demo, tmp_path):
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1000"]
-REPORT_CATEGORIES = {"Results", "Training curves", "Listening gallery"}
+REPORT_CATEGORIES = {"Results", "Training curves", "Listening gallery", "Method and caveats"}
+# the screens a reader opens the report on: a laptop's, and two larger ones
+FIRST_SCREENS = [(1366, 768), (1400, 1000), (1920, 1080)]
+NO_BROWSER = ("no Chromium and ChromeDriver here: to run the report tests, as root on a machine with apt-get, "
+              "`make test` (without BROWSER=no) or `make browser` installs them (.ci/browser/setup.sh)")
+
+
+@pytest.fixture(scope="module")
+def demo_report(demo):
+    """`make report` after the shared demo, as a user runs it: the report it wrote and what it printed."""
+    workdir, _ = demo
+    shutil.copy(REPO / "Makefile", workdir / "Makefile")
+    venv = workdir / ".venv"
+    if not venv.exists():
+        venv.symlink_to(Path(sys.executable).parents[1])  # the environment under test (make report's .venv)
+    start = time.monotonic()
+    result = subprocess.run(["make", "--no-print-directory", "report"], cwd=workdir, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    print(f"make report: {time.monotonic() - start:.1f} s")
+    return workdir / "results/demo/report.html", result.stdout
 
 
 @pytest.fixture
@@ -262,8 +297,7 @@ def browser(tmp_path):
     """Debian's headless Chromium through chromedriver, with a fresh profile; skips when either is missing."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and chromedriver):
-        pytest.skip("the report check needs Chromium: apt-get install -y --no-install-recommends chromium "
-                    "chromium-driver")
+        pytest.skip(NO_BROWSER)
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev dependency group")
     from selenium.webdriver.chrome.service import Service
 
@@ -334,21 +368,78 @@ def check_page(driver, entry: dict) -> dict:
         shown = {"images": images, "audio": audio,
                  "table_runs": [tr.get_attribute("data-run") for tr in
                                 driver.find_elements(By.CSS_SELECTOR, "table#results tbody tr")],
-                 "videos": len(driver.find_elements(By.CSS_SELECTOR, "section.video"))}
+                 "videos": len(driver.find_elements(By.CSS_SELECTOR, "section.video")),
+                 "text": driver.execute_script("return document.body.innerText")}
     finally:
         driver.switch_to.default_content()
     return shown
 
 
-def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
-    """`snakemake --report` after the demo: one HTML file whose table, figures and listening gallery all load
-    in Chromium (images decoded, audio players with a duration)."""
-    workdir, _ = demo
-    report = tmp_path / "report.html"
-    start = time.monotonic()
-    result = snakemake("--report", str(report), "--configfile", "config/demo.yaml", cwd=workdir, timeout=300)
-    built = time.monotonic() - start
-    assert result.returncode == 0, result.stderr[-4000:]
+def test_make_report_builds_the_report_and_prints_the_answer(demo_report):
+    """`make report` (which `make demo` ends with): the report in the demo's results folder, then the answer, the
+    runs best first and where the report is, printed."""
+    report, printed = demo_report
+    assert report.is_file() and report.stat().st_size > 100_000
+    table = pd.read_csv(report.parent / "table.csv")
+    assert "The answer (results/demo: Melception MKL" in printed
+    assert re.search(r"runs? beats? the baseline no-feats in MKL", printed), printed
+    runs = table[table["kind"] == "run"].sort_values("KL")
+    listed = re.findall(r"^  (\S+)  +\d", printed, re.MULTILINE)
+    assert listed == list(runs["run"]), printed  # every run, best first
+    assert f"Report: {report.resolve()}" in printed and f"xdg-open results/demo/report.html" in printed
+    assert printed.rstrip().endswith(report.resolve().as_uri())
+
+
+def element_on_screen(driver, selector: str) -> dict:
+    """Where an element is and whether a reader sees it: its box inside the viewport, and the element at its
+    centre being it or inside it (not covered by another)."""
+    return driver.execute_script("""
+        const el = document.querySelector(arguments[0]);
+        if (!el) return null;
+        const r = el.getBoundingClientRect();
+        const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, vw: innerWidth, vh: innerHeight,
+                seen: r.width > 0 && r.height > 0 && r.top >= 0 && r.left >= 0 && r.bottom <= innerHeight
+                      && r.right <= innerWidth,
+                uncovered: hit !== null && (hit === el || el.contains(hit)), text: el.innerText};
+    """, selector)
+
+
+def set_viewport(driver, width: int, height: int) -> None:
+    """The page's viewport (innerWidth x innerHeight) exactly width x height."""
+    driver.set_window_size(width, height)
+    inner = driver.execute_script("return [innerWidth, innerHeight]")
+    driver.set_window_size(2 * width - inner[0], 2 * height - inner[1])
+    assert driver.execute_script("return [innerWidth, innerHeight]") == [width, height]
+
+
+def test_report_shows_its_answer_on_the_first_screen(demo_report, browser):
+    """On a 1366x768 laptop screen (and larger ones) the report opens on its title and the answer box, both
+    inside the viewport and not covered (the template used to centre the description in a scrolling pane, its top
+    out of reach, and draw the rule graph over its table)."""
+    report, _ = demo_report
+    for width, height in FIRST_SCREENS:
+        set_viewport(browser, width, height)
+        browser.get(report.as_uri())
+        wait_for(browser, "return document.querySelector('div.verdict') !== null")
+        wait_for(browser, "const g = document.querySelector('#rulegraph'); return g && g.querySelector('svg, canvas')")
+        title, answer = element_on_screen(browser, "h1.title"), element_on_screen(browser, "div.verdict")
+        assert "which visual features help" in title["text"]
+        assert "beat the baseline" in answer["text"] and "The best run is" in answer["text"]
+        for name, box in (("title", title), ("answer", answer)):
+            assert box["seen"] and box["uncovered"], (width, height, name, box)
+        # the rule graph follows the description, below it, not over it
+        description = browser.execute_script(
+            "return document.querySelector('h1.title').closest('.prose').getBoundingClientRect().bottom")
+        graph = browser.execute_script("return document.querySelector('#rulegraph').getBoundingClientRect().top")
+        assert graph >= description, (width, height, graph, description)
+
+
+def test_report_shows_table_curves_scores_and_gallery(demo_report, browser):
+    """`make report` after the demo: one HTML file whose table, figures, method page and listening gallery all
+    load in Chromium (images decoded, audio players with a duration)."""
+    report, _ = demo_report
+    workdir = report.parents[2]
     rows = list(pd.read_csv(workdir / "results/demo/table.csv")["run"])  # the runs, their controls, the ceiling
     runs = [r["name"] for r in yaml.safe_load((workdir / "config/demo.yaml").read_text())["runs"]]
     trained = [name for name in runs if (workdir / f"results/demo/runs/{name}/metrics.csv").exists()]
@@ -359,10 +450,11 @@ def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
 
     browser.get(report.as_uri())
     wait_for(browser, "return typeof app !== 'undefined' && typeof categories !== 'undefined'")
-    # the front page is the study's answer: every run against the baseline, the ceiling, the controls
+    # the front page is the study's answer: every run against the baseline and the best, the ceiling, the controls
     wait_for(browser, "return document.body.innerText.includes('which visual features help')")
     front = browser.execute_script("return document.body.innerText")
     assert "better than the baseline" in front and "Ceiling" in front and "Control" in front
+    assert "dKL vs best" in front
     categories = browser.execute_script("return categories")
     entries = browser.execute_script("return results")
     assert set(categories) == REPORT_CATEGORIES, categories
@@ -383,6 +475,8 @@ def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
                 assert all(width > 0 and height > 0 for _, width, height in page["images"]), (path, page["images"])
                 if path.endswith("report/table.html"):
                     assert page["table_runs"] == rows, page["table_runs"]
+                elif path.endswith("report/method.html"):
+                    assert "Caveats" in page["text"] and "FID's intervals are wide" in page["text"]
                 else:
                     run = entry["labels"]["run"]
                     assert run in entry["caption"], entry["caption"]  # the caption's template was filled in
@@ -393,11 +487,11 @@ def test_report_shows_table_curves_scores_and_gallery(demo, tmp_path, browser):
                     assert players == sorted(["generated", "real"] * page["videos"]), page["audio"]
                     assert all(error is None and ready >= 1 and duration > 0
                                for _, error, ready, duration in page["audio"]), (path, page["audio"])
-    # the scores, one loss curve per trained run plus the overview, the learning rates, the codebook; the table and
-    # one gallery per run
-    assert shown == {"image": 1 + len(trained) + 2 + 1, "page": 1 + len(runs)}, shown
+    # the scores, one loss curve per trained run plus the overview, the learning rates, the codebook; the table, the
+    # method page and one gallery per run
+    assert shown == {"image": 1 + len(trained) + 2 + 1, "page": 2 + len(runs)}, shown
 
-    print(f"report {report.stat().st_size / 1e6:.1f} MB built in {built:.1f} s; {shown}")
+    print(f"report {report.stat().st_size / 1e6:.1f} MB; {shown}")
 
 
 def test_melgan_vocoder_trains_and_vocodes_through_the_workflow(demo, tmp_path):

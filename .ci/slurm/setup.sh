@@ -4,6 +4,7 @@
 #   executor plugin falls back on), slurmctld and slurmd, with partitions `cpu` (default) and `gpu` on this node.
 #
 #   .ci/slurm/setup.sh          as root; safe to run again: well under a second when everything already answers
+#   .ci/slurm/setup.sh --dry-run   says what it would install and start, changes nothing (`make test` says it first)
 #
 # Without root or apt-get it changes nothing and exits 0 (the SLURM tests then skip, as they do anywhere
 # `sinfo` does not answer). Daemon logs: /var/log/slurm/. Settings (environment): SLURM_CI_CLUSTER (ci),
@@ -29,6 +30,9 @@ DB=slurm_acct_db
 DB_USER=slurm
 
 say() { echo "slurm-setup: $*"; }
+
+DRY_RUN=0
+[[ ${1:-} == --dry-run ]] && DRY_RUN=1
 
 if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
     say "not root or no apt-get: leaving this machine alone (SLURM tests will skip)"
@@ -148,7 +152,7 @@ already_up() {
 }
 
 if already_up; then
-    say "SLURM already up: $(sinfo -h -o '%R' | tr '\n' ' ')on $NODE"
+    say "SLURM already up: $(sinfo -h -o '%R' | tr '\n' ' ')on $NODE; nothing to install or start"
     exit 0
 fi
 
@@ -157,6 +161,12 @@ missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
+if [[ $DRY_RUN -eq 1 ]]; then
+    say "as root, will ${missing[*]:+install ${missing[*]} with apt-get and }start munged, MariaDB," \
+        "slurmdbd, slurmctld and slurmd: a one-node SLURM (cluster $CLUSTER) for tests/test_slurm.py" \
+        "(config in $CONF_DIR, logs in $LOG_DIR)"
+    exit 0
+fi
 if [[ ${#missing[@]} -gt 0 ]]; then
     say "installing ${missing[*]} (apt-get; log in /tmp/slurm-setup-apt.log)"
     export DEBIAN_FRONTEND=noninteractive
