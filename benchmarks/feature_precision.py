@@ -75,6 +75,7 @@ def main() -> None:
     print(f"cosine(bf16, fp32) per frame: min {cos.min():.6f}  mean {cos.mean():.6f}")
     if authors:
         print(f"fp32 - the authors' features: {summary(np.concatenate(authors), scale)}")
+    print(f"bf16_cosine_min: {cos.min():.6f}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 
-from i2a.features.backbones import BACKBONES, Backbone, build_backbone
+from i2a.features.backbones import FrameEncoder, build_backbone
+from i2a.features.registry import BACKBONES
 from i2a.features.extract import extract_features
 from i2a.data.media import ffmpeg_exe, read_video_frames
 
@@ -41,7 +42,7 @@ def read_frames_at_fps(path: str | Path, seconds: float | None = None) -> np.nda
     return frames if seconds is None else frames[: int(np.ceil(seconds * FPS))]
 
 
-def video_features_way(backbone: Backbone, paths: list[Path], batch_size: int, seconds: float | None) -> int:
+def video_features_way(backbone: FrameEncoder, paths: list[Path], batch_size: int, seconds: float | None) -> int:
     """What video_features does per clip; returns the number of frames encoded."""
     tf = backbone.transform
     interp = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[tf.interpolation]
@@ -69,7 +70,7 @@ def video_features_way(backbone: Backbone, paths: list[Path], batch_size: int, s
     return n
 
 
-def our_way(backbone: Backbone, paths: list[Path], batch_size: int, seconds: float | None, workers: int) -> int:
+def our_way(backbone: FrameEncoder, paths: list[Path], batch_size: int, seconds: float | None, workers: int) -> int:
     reader = functools.partial(read_frames_at_fps, seconds=seconds)
     n_frames = [0]
 
@@ -85,7 +86,7 @@ def our_way(backbone: Backbone, paths: list[Path], batch_size: int, seconds: flo
     return n_frames[0]
 
 
-def build(name: str, image_size: int | None) -> Backbone:
+def build(name: str, image_size: int | None) -> FrameEncoder:
     torch.manual_seed(0)
     backbone = build_backbone(name, "none", image_size=image_size)
     with torch.inference_mode():  # warm both memory formats up (oneDNN primitive caches)

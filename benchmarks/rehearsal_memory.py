@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
           f"with {args.cuda_host_mb:.0f} MB for the CUDA runtime")
     print(format_table(rows, args.cuda_host_mb))
     over = [r.rule for r in rows if r.verdict(args.cuda_host_mb) == "OVER"]
-    print(f"rules over their request: {', '.join(over) if over else 'none'}")
+    print(f"rules_over_request: {', '.join(over) if over else 'none'}")
     return 1 if over else 0
 
 
