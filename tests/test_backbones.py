@@ -1,4 +1,4 @@
-"""Backbone registry, preprocessing and weight files (SPEC section 3)."""
+"""Backbone registry, preprocessing and weight files (design.md §3)."""
 import numpy as np
 import pytest
 import torch

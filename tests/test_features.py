@@ -1,4 +1,4 @@
-"""Frame features of clips: padding/cropping, batching, files (SPEC section 3)."""
+"""Frame features of clips: padding/cropping, batching, files (design.md §3)."""
 import pickle
 from fractions import Fraction
 from pathlib import Path

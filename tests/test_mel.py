@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 CLIPS = ["baby/video_01951", "cough/video_00331", "dog/video_02677", "dog/video_02754", "drum/video_02480",
          "drum/video_02542", "fireworks/video_02997", "fireworks/video_03051", "gun/video_00819",
          "hammer/video_00323"]
-PER_CLIP_LIMIT = 0.03  # SPEC's bound for every clip
+PER_CLIP_LIMIT = 0.03  # design.md §2's bound for every clip
 PER_CLIP_MEASURED = 0.015  # worst measured 0.0106 (hammer/video_00323)
 MEAN_LIMIT = 0.005  # measured 0.0037
 
@@ -53,7 +53,7 @@ def test_full_chain_matches_authors_mels(tmp_path):
 
 
 def test_mel_matches_independent_numpy_stft():
-    """Reflect-padded centred STFT, periodic Hann, Slaney mels, the SPEC's dB mapping; 862 -> 860 frames."""
+    """Reflect-padded centred STFT, periodic Hann, Slaney mels, design.md §2's dB mapping; 862 -> 860 frames."""
     rng = np.random.default_rng(0)
     t = np.arange(220500) / 22050
     wav = (0.3 * np.sin(2 * np.pi * 440 * t) * (t > 0.5) + 0.01 * rng.normal(size=t.size)).astype(np.float32)

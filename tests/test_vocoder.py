@@ -1,4 +1,4 @@
-"""MelGAN vocoder (SPEC section 6): released layout and outputs, batching, training loop, Griffin-Lim, wav writing."""
+"""MelGAN vocoder (design.md §6): released layout and outputs, batching, training loop, Griffin-Lim, wav writing."""
 import json
 from dataclasses import replace
 

@@ -271,7 +271,7 @@ def check_authors_inputs(config: dict[str, Any]) -> None:
 
 
 def check_released_run(config: dict[str, Any], run: dict[str, Any], where: str) -> None:
-    """A run that evaluates a released transformer must describe it as it was trained (SPEC section 10)."""
+    """A run that evaluates a released transformer must describe it as it was trained (design.md §10)."""
     name = run.get("released")
     if name is None:
         raise ConfigError(f"config key {where}.released: required with source released; allowed values: "

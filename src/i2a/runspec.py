@@ -57,7 +57,7 @@ class GPTConfig:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a run's transformer is optimised; SpecVQGAN's VAS recipe by default (SPEC section 5)."""
+    """How a run's transformer is optimised; SpecVQGAN's VAS recipe by default (design.md §5)."""
 
     batch: int = 16  # per GPU
     gpus: int = 1  # DDP when > 1
@@ -102,7 +102,7 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Top-k sampling of the validation videos (SPEC section 5); shared by every run of a config."""
+    """Top-k sampling of the validation videos (design.md §5); shared by every run of a config."""
 
     samples_per_video: int = 10
     top_k: int = 64

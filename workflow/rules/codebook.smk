@@ -1,8 +1,8 @@
-"""Stage 1: the spectrogram codebook (SPEC section 4) and the token grids it encodes."""
+"""Stage 1: the spectrogram codebook (design.md §4) and the token grids it encodes."""
 
 
 rule fetch_checkpoint:
-    """A released SpecVQGAN file (SPEC section 10, i2a/models/released.py), MD5 checked; on the login node."""
+    """A released SpecVQGAN file (design.md §10, i2a/models/released.py), MD5 checked; on the login node."""
     output:
         "resources/checkpoints/{name}.{ext}",
     log:

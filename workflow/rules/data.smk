@@ -1,4 +1,4 @@
-"""Videos -> per-clip 10 s wav, video and mel, in shards (SPEC sections 1-2)."""
+"""Videos -> per-clip 10 s wav, video and mel, in shards (design.md §1-2)."""
 
 # The synthetic generator renders a clip's frames in float32 with a few temporaries, ~24 bytes per pixel and colour
 # (MB per clip): the rehearsal's 10 s 480x360 clips peaked at 2.9 GB, the demo's 2 s 128x96 ones far below 2 GB.
@@ -82,7 +82,7 @@ rule preprocess_clips:
 
 
 rule download_vas:
-    """RegNet's VAS.zip (SPEC section 1); on the login node, as compute nodes are often offline."""
+    """RegNet's VAS.zip (design.md §1); on the login node, as compute nodes are often offline."""
     output:
         "resources/vas/VAS.zip",
     log:

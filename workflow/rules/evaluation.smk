@@ -1,4 +1,4 @@
-"""Melception FID and MKL per run (SPEC section 7), and the study's table (SPEC section 9)."""
+"""Melception FID and MKL per run (design.md §7), and the study's table (design.md §9)."""
 
 
 rule train_melception:

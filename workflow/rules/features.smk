@@ -1,4 +1,4 @@
-"""Frame features per backbone and shard (SPEC section 3)."""
+"""Frame features per backbone and shard (design.md §3)."""
 
 
 rule fetch_weights:

@@ -1,4 +1,4 @@
-"""Stage 2: one GPT per run of the grid (SPEC section 5), and its samples."""
+"""Stage 2: one GPT per run of the grid (design.md §5), and its samples."""
 
 
 rule train_gpt:

@@ -1,4 +1,4 @@
-"""MelGAN vocoding of generated spectrograms, for listening (SPEC section 6); not part of FID/MKL."""
+"""MelGAN vocoding of generated spectrograms, for listening (design.md §6); not part of FID/MKL."""
 
 
 rule train_melgan:

@@ -1,4 +1,4 @@
-"""FID and MKL (SPEC section 7) of one row's samples against the shared real reference, with 95% intervals."""
+"""FID and MKL (design.md §7) of one row's samples against the shared real reference, with 95% intervals."""
 from i2a.evaluation.scoring import score_samples
 from i2a.jobs import start_job
 

@@ -1,4 +1,4 @@
-"""Train the spectrogram codebook (SPEC section 4) on the training split's mels; a killed job resumes."""
+"""Train the spectrogram codebook (design.md §4) on the training split's mels; a killed job resumes."""
 from pathlib import Path
 
 from i2a.jobs import start_job

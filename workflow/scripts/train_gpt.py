@@ -1,4 +1,4 @@
-"""Train one run's GPT (SPEC section 5); a killed job resumes from its state folder."""
+"""Train one run's GPT (design.md §5); a killed job resumes from its state folder."""
 from i2a.jobs import start_job
 from i2a.runspec import RunSpec
 from i2a.training.gpt import train_run

@@ -1,4 +1,4 @@
-"""Train a MelGAN vocoder on the training split's wavs (SPEC section 6); a killed job resumes."""
+"""Train a MelGAN vocoder on the training split's wavs (design.md §6); a killed job resumes."""
 from pathlib import Path
 
 from i2a.jobs import start_job

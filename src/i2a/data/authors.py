@@ -6,7 +6,7 @@ gap between a measured and a published number can no longer come from this workf
 frame decoding, feature extraction): set against the same models scored on the workflow's own inputs (`vas.source:
 download` or `local`, another results folder), the data chain's effect on FID and MKL is the difference.
 
-The files (SPEC section 10): `<base>/vas/<class>_<kind>.tar`, kinds `melspec_10s_22050hz` ((80, 860) float32 .npy
+The files (design.md §10): `<base>/vas/<class>_<kind>.tar`, kinds `melspec_10s_22050hz` ((80, 860) float32 .npy
 per clip, `<clip>_mel.npy`) and `feature_resnet50_dim2048_21.5fps` ((T, 2048) float32 pickled numpy array per
 clip, `<clip>.pkl`, T = 215 frames tiled as SpecVQGAN's README says). What the tars hold inside their folders is
 not documented: members are found by their file names, and a clip's class is the one the tar file names.

@@ -1,4 +1,4 @@
-"""Video and audio I/O, and the per-clip preprocessing chain SpecVQGAN inherited from RegNet (SPEC section 1).
+"""Video and audio I/O, and the per-clip preprocessing chain SpecVQGAN inherited from RegNet (design.md §1).
 
 The chain is SpecVQGAN's `feature_extraction/extract_audio_and_video.py`, command for command, with argv lists
 instead of shell strings (so any file name works) and an ffmpeg from the package registry:

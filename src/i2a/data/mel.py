@@ -1,4 +1,4 @@
-"""SpecVQGAN's mel spectrogram (SPEC section 2): the model's audio representation.
+"""SpecVQGAN's mel spectrogram (design.md §2): the model's audio representation.
 
 Matches `feature_extraction/extract_mel_spectrogram.py` of SpecVQGAN to float32 rounding: max abs diff
 1.6e-7 from the authors' mel of a clip whose wav an ffmpeg 4.2 run of their chain reproduced bit for bit.

@@ -1,4 +1,4 @@
-"""VAS train/valid split (SPEC section 1): per class, the last k sorted clip names are the validation set.
+"""VAS train/valid split (design.md §1): per class, the last k sorted clip names are the validation set.
 
 This is how SpecVQGAN's VAS lists were made (12,541 clips -> 11,773 train / 768 valid); there is no test
 split, every published VAS number is on these 768 clips.

@@ -1,5 +1,5 @@
 """FID, MKL, ISc and KID on Melception outputs, as SpecVQGAN's `evaluation/metrics/*.py` (torch-fidelity style)
-computes them (SPEC section 7), plus the uncertainty the published numbers lack: a bootstrap over videos and
+computes them (design.md §7), plus the uncertainty the published numbers lack: a bootstrap over videos and
 the spread over sampling seeds.
 
 Shapes: generated samples come per video, `[V, K, ...]` (V validation videos, K samples each); real clips

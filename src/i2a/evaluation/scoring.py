@@ -1,4 +1,4 @@
-"""The scoring protocol (SPEC section 7): Melception outputs of the real validation clips (the reference every run
+"""The scoring protocol (design.md §7): Melception outputs of the real validation clips (the reference every run
 is scored against) and of a run's samples, then FID, MKL, ISc and KID with their uncertainty."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The study's table (SPEC section 9): one row per run, hyperparameters, curve summary, KL and FID.
+"""The study's table (design.md §9): one row per run, hyperparameters, curve summary, KL and FID.
 
 Column names are the config's (`layers`, `heads`, `embed`, `dropout`, `weight_decay`, `batch`, `gpus`). A row
 of a released transformer carries the published numbers beside the measured ones (`published_KL`,

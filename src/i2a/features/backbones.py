@@ -1,4 +1,4 @@
-"""Frame-feature backbones (SPEC section 3) built from their registry entries (`i2a.features.registry`).
+"""Frame-feature backbones (design.md §3) built from their registry entries (`i2a.features.registry`).
 
 Pretrained weights are read from local files only (GPU nodes are often offline): the workflow's `fetch_weights`
 rule downloads them beforehand, checksum verified. Every file is read without running anything from it:

@@ -1,4 +1,4 @@
-"""Per-frame features of clips (SPEC section 3): decode in background workers, encode in batches.
+"""Per-frame features of clips (design.md §3): decode in background workers, encode in batches.
 
 Differences from video_features that change no result (beyond float rounding): no temporary re-encode (the
 frames come straight from the decoder), transforms on whole uint8 clips instead of per-frame PIL calls (same

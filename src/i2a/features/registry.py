@@ -78,7 +78,7 @@ class FrameTransform:
 
 
 # video_features' ResNet recipe (PIL Resize(256) default bilinear, CenterCrop(224), ImageNet stats): the
-# authors' ResNet50 features; the study used the same for its other CNNs (SPEC section 3).
+# authors' ResNet50 features; the study used the same for its other CNNs (design.md §3).
 VIDEO_FEATURES_CNN = FrameTransform(256, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
 # torchvision's recipe for its IMAGENET1K_V2 ResNet50 weights.
 TORCHVISION_V2 = FrameTransform(232, 224, "bilinear", IMAGENET_MEAN, IMAGENET_STD)

@@ -1,4 +1,4 @@
-"""Stage 1: the spectrogram codebook (SPEC section 4), a taming-transformers VQGAN on 1-channel mel spectrograms.
+"""Stage 1: the spectrogram codebook (design.md §4), a taming-transformers VQGAN on 1-channel mel spectrograms.
 
 Layer names follow SpecVQGAN's `VQModel` exactly, so the released VAS codebook (epoch_259.ckpt) loads unchanged.
 Its training is `i2a.training.codebook`.

@@ -1,4 +1,4 @@
-"""Melception: the spectrogram classifier whose features FID / MKL are computed on (SPEC section 7).
+"""Melception: the spectrogram classifier whose features FID / MKL are computed on (design.md §7).
 
 torchvision's Inception-v3 topology with a 1-channel stem and maxpool1 / maxpool2 removed (a mel spectrogram is
 only 80 bins high), as in SpecVQGAN's `evaluation/feature_extractors/melception.py`. At `width=1` the state-dict

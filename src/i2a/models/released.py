@@ -1,6 +1,6 @@
-"""The files the SpecVQGAN authors released (SPEC section 10), one entry each: where each comes from, its MD5,
+"""The files the SpecVQGAN authors released (design.md §10), one entry each: where each comes from, its MD5,
 what is inside, and for the VAS transformers what they were trained with and what the paper reports for them
-(SPEC section 8). The fetch rule, the loaders' error messages, the config checks and the table's `published_*`
+(design.md §8). The fetch rule, the loaders' error messages, the config checks and the table's `published_*`
 columns read this table. Torch-free: planning reads it.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ReleasedFile:
     # every checkpoint an archive holds (by file name): any of them can be taken instead of `member`
     # (resources/checkpoints/<name>.<member>), and fetching the archive records whether they differ
     members: tuple[str, ...] = ()
-    # transformers: what they were trained with (SPEC section 5), checked against the run that names them
+    # transformers: what they were trained with (design.md §5), checked against the run that names them
     features: str | None = None
     feat_sample_size: int | None = None
     layers: int | None = None
@@ -90,7 +90,7 @@ _RESNET50 = "SpecVQGAN README, ResNet50 features, 10 samples per video"
 _BN_INCEPTION = "SpecVQGAN paper, BN-Inception protocol, 100 samples per video"
 RELEASED: dict[str, ReleasedFile] = {f.name: f for f in [
     # every training config of the study loads the codebook's last.ckpt (first_stage_config ckpt_path);
-    # epoch_259.ckpt is the one SPEC section 10 names. The fetch records whether the two differ.
+    # epoch_259.ckpt is the one design.md §10 names. The fetch records whether the two differ.
     ReleasedFile("vas_codebook", "codebook", "models/2021-06-06T19-42-53_vas_codebook.tar.gz",
                  "0024ad3705c5e58a11779d3d9e97cc8a", member="epoch_259.ckpt", members=("epoch_259.ckpt", "last.ckpt"),
                  published=Published(6.0, 1.0, 1, "SpecVQGAN README"),

@@ -1,7 +1,7 @@
-"""Mel -> waveform (SPEC section 6): SpecVQGAN's MelGAN vocoder and a Griffin-Lim fallback.
+"""Mel -> waveform (design.md §6): SpecVQGAN's MelGAN vocoder and a Griffin-Lim fallback.
 
 The generator is layer for layer the melgan-neurips generator that SpecVQGAN trained on VGGSound, so the released
-`netG.pt` / `best_netG.pt` state dict loads unchanged. Its input is the [0, 1] mel of SPEC section 2 as is:
+`netG.pt` / `best_netG.pt` state dict loads unchanged. Its input is the [0, 1] mel of design.md §2 as is:
 SpecVQGAN's `VocoderMelGan.vocode` is called with `(spec + 1) / 2` and the vocoder was trained on mels made by the
 same transform (`vocoder/mel2wav/extract_mel_spectrogram.py: TRANSFORMS`).
 
@@ -188,7 +188,7 @@ def vocode(generator: Generator, mels01, batch_size: int = 16) -> np.ndarray:
 # Griffin-Lim fallback
 
 def mel01_to_mel(mels01: np.ndarray) -> np.ndarray:
-    """Undo SPEC section 2's scaling: [0, 1] -> linear mel magnitude (the clip and the 1e-5 floor are lost)."""
+    """Undo design.md §2's scaling: [0, 1] -> linear mel magnitude (the clip and the 1e-5 floor are lost)."""
     db = np.asarray(mels01, dtype=np.float64) * 100.0 - 100.0 + 20.0
     return 10.0 ** (db / 20.0)
 

@@ -1,4 +1,4 @@
-"""Training of the spectrogram codebook (SPEC section 4) as a Lightning module.
+"""Training of the spectrogram codebook (design.md §4) as a Lightning module.
 
 SpecVQGAN's `VQLPAPSWithDiscriminator` with the perceptual term off: L1 + codebook loss + a hinge PatchGAN
 discriminator switched on at `disc_start`, two Adam optimisers stepped by hand each batch. Not SpecVQGAN's, and
@@ -74,7 +74,7 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer
 
 @dataclass
 class CodebookTrainConfig:
-    """Training of the codebook; defaults are SpecVQGAN's vas_codebook.yaml (perceptual term off, SPEC 4)."""
+    """Training of the codebook; defaults are SpecVQGAN's vas_codebook.yaml (perceptual term off, design.md §4)."""
 
     batch_size: int = 3
     base_lr: float = 1e-6  # lr = base_lr * batch_size * n_gpus * accumulate (SpecVQGAN's train.py)

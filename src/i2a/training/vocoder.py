@@ -1,4 +1,4 @@
-"""Training of the MelGAN vocoder (SPEC section 6) as a Lightning module: melgan-neurips as SpecVQGAN ran it.
+"""Training of the MelGAN vocoder (design.md §6) as a Lightning module: melgan-neurips as SpecVQGAN ran it.
 
 Hinge GAN with a multi-scale waveform discriminator and feature matching, on random fixed-length segments of
 the training wavs. Training is counted in steps; an "epoch" here is one save interval (`save_every` steps), after
