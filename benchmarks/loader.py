@@ -13,7 +13,7 @@ old (a baseline kept here, no longer in the package): each sample converted on t
 new (`i2a.training.gpt`): `GPTDataset` returns the stored rows (the S frames of fp16, int16 tokens), a DataLoader
   with 0, 1, 2 ... worker processes (`--workers`; persistent, as the config's `loader:` has them), then, in the
   timed loop, what the training step does once the batch is on its device: `model_inputs` (fp32, int64, the
-  (D, S) view the GPT's Conv1d takes). There is no GPU here, so that conversion runs on this CPU, in the main
+  (D, S) view the GPT's Conv1d takes). Nothing is moved to a GPU, so that conversion runs on the CPU, in the main
   process, and is counted in full. Not measured: the host -> device copy (half the bytes on the new path) and
   pinned memory (no CUDA).
 new + transpose: the same, with the (D, S) view also copied into a contiguous tensor. On a GPU that copy costs
