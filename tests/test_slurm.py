@@ -110,7 +110,7 @@ def demo_overlay(path: Path) -> Path:
 
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for name in ("Snakefile", "config", "workflow"):
+    for name in ("config", "workflow"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / name)
     (dest / "src").symlink_to(REPO / "src")

@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO
 
 # What a copy of the workflow needs; src is linked so the copy runs the code under test.
-WORKFLOW_FILES = ["Snakefile", "config", "workflow"]
+WORKFLOW_FILES = ["config", "workflow"]
 
 
 def snakemake(*args: str, cwd: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -54,7 +54,7 @@ def _schema_path() -> Path:
     for path in (SCHEMA, Path(__file__).resolve().parents[2] / SCHEMA):
         if path.is_file():
             return path
-    raise ModelError(f"{SCHEMA} not found: run i2a generate in the workflow's folder (where the Snakefile is)")
+    raise ModelError(f"{SCHEMA} not found: run i2a generate in the workflow's folder (where config/ and workflow/ are)")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

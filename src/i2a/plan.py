@@ -154,7 +154,7 @@ def _cli_args(profile: Path, configfiles: Sequence[str]):
 
 def _local_rules(workflow) -> set[str]:
     """Rules that run on the login node. A dry run reports every job as non-local and its workflow counts every
-    rule as local (it has no cluster executor), so this reads the `localrules` the Snakefile declared."""
+    rule as local (it has no cluster executor), so this reads the rules the workflow marks `localrule: True`."""
     return {rule.name for rule in workflow.rules if rule.name in workflow._localrules or rule.norun}
 
 
@@ -173,7 +173,7 @@ def plan_jobs(targets: Sequence[str] = (), profile: Path = DEFAULT_PROFILE, conf
 
     lock.PLANNING_ONLY = True  # a dry run: it takes no locks, so it may run beside an executing instance
     workdir = Path(workdir).resolve()
-    snakefile = Path(snakefile).resolve() if snakefile else workdir / "Snakefile"
+    snakefile = Path(snakefile).resolve() if snakefile else workdir / "workflow" / "Snakefile"
     args = _cli_args(Path(profile).resolve(), [str(Path(f).resolve()) for f in configfiles])
     collector = _JobInfoCollector()
     snakemake_logger = logging.getLogger("snakemake")

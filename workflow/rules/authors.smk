@@ -2,6 +2,13 @@
 (i2a/data/authors.py) in place of the workflow's data chain. They land where the chain's own shards land
 ({results}/data/<split>/shard*, {results}/features/resnet50/...), so every later stage reads them unchanged."""
 
+# SpecVQGAN's precomputed mels and ResNet50 features and its split lists (i2a/data/authors.py):
+# the files to download, each with its MD5 from the authors' list (or vas.authors.checksums)
+AUTHORS_INPUTS = config["dataset"] == "vas" and config["vas"]["source"] == "authors"
+AUTHORS = config["vas"]["authors"]
+AUTHORS_SUMS = authors.checksums(AUTHORS["checksums"]) if AUTHORS_INPUTS else {}
+AUTHORS_FILES = authors.needed_files(AUTHORS_SUMS, features="resnet50" in used_backbones()) if AUTHORS_INPUTS else []
+
 
 rule download_authors_vas:
     """One of the authors' files (a class's tar of mels or of ResNet50 features, a split list): resumable, checked
@@ -14,6 +21,7 @@ rule download_authors_vas:
         f"{LOGS}/benchmarks/download_authors_vas/{{file}}.tsv"
     wildcard_constraints:
         file="|".join(re.escape(name) for name in AUTHORS_FILES) or "(?!x)x",
+    localrule: True
     conda:
         CPU_ENV
     resources:
@@ -141,7 +149,3 @@ else:
     ruleorder: list_clips > list_authors_clips
     ruleorder: preprocess_clips > import_authors_mels
     ruleorder: extract_features > import_authors_features
-
-
-localrules:
-    download_authors_vas,

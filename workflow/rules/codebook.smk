@@ -12,6 +12,7 @@ rule fetch_checkpoint:
     wildcard_constraints:
         name="|".join(RELEASED),
         ext="|".join(["ckpt", "txt", *ARCHIVE_MEMBERS]),
+    localrule: True
     conda:
         CPU_ENV
     resources:
@@ -22,10 +23,6 @@ rule fetch_checkpoint:
         member=lambda w: w.ext if w.ext in ARCHIVE_MEMBERS else None,
     script:
         "../scripts/fetch_checkpoint.py"
-
-
-localrules:
-    fetch_checkpoint,
 
 
 rule train_codebook:

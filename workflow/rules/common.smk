@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version
 
 from i2a.checksum import listing_digest
 from i2a.config import ConfigError, baseline_run, component_checkpoint, validate_config
@@ -19,14 +18,8 @@ from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
 from i2a.models.released import RELEASED, released
 from i2a.runspec import RunSpec
 
-min_version("9.0")
-
-
-configfile: "config/config.yaml"
-
-
 try:
-    validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
+    validate_config(config, Path(workflow.basedir) / "schemas/config.schema.yaml")
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -233,12 +226,29 @@ def table_inputs(wildcards):
 
 
 # ---------------------------------------------------------------- the authors' inputs (vas.source: authors)
-# SpecVQGAN's precomputed mels and ResNet50 features and its split lists (i2a/data/authors.py, rules in authors.smk):
-# the files to download, each with its MD5 from the authors' list (or vas.authors.checksums)
-AUTHORS_INPUTS = config["dataset"] == "vas" and config["vas"]["source"] == "authors"
-AUTHORS = config["vas"]["authors"]
-AUTHORS_SUMS = authors.checksums(AUTHORS["checksums"]) if AUTHORS_INPUTS else {}
-AUTHORS_FILES = authors.needed_files(AUTHORS_SUMS, features="resnet50" in used_backbones()) if AUTHORS_INPUTS else []
+
+
+def final_targets():
+    """The workflow's final targets: the table and every file the report shows, so a finished run has its report
+    ready to build (`snakemake --report`)."""
+    files = [
+        f"{R}/table.csv",
+        f"{R}/report/landing.rst",
+        f"{R}/report/method.html",
+        f"{R}/report/table.html",
+        f"{R}/report/scores.svg",
+    ]
+    if codebook_checkpoint() == f"{R}/codebook/codebook.ckpt":  # a trained codebook: its curves
+        files.append(f"{R}/report/codebook.svg")
+    files += expand(f"{R}/report/gallery/{{run}}.html", run=RUNS)
+    files += expand(f"{R}/report/lr_find/{{run}}.svg", run=[name for name, run in RUNS.items() if run["lr_find"]])
+    if TRAINED_RUNS:
+        files += [f"{R}/report/validation_loss.svg", f"{R}/report/learning_rate.svg"]
+        files += expand(f"{R}/report/loss/{{run}}.svg", run=TRAINED_RUNS)
+    return files
+
+
+# SpecVQGAN's own inputs (vas.source: authors; the globals AUTHORS_* are in authors.smk)
 
 
 def authors_file(name):

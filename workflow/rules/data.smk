@@ -89,6 +89,7 @@ rule download_vas:
         f"{LOGS}/download_vas.log",
     benchmark:
         f"{LOGS}/benchmarks/download_vas.tsv"
+    localrule: True
     conda:
         CPU_ENV
     resources:
@@ -109,14 +110,10 @@ rule unpack_vas:
         f"{LOGS}/unpack_vas.log",
     benchmark:
         f"{LOGS}/benchmarks/unpack_vas.tsv"
+    localrule: True
     conda:
         CPU_ENV
     resources:
         runtime=by_attempt(60),
     script:
         "../scripts/unpack_vas.py"
-
-
-localrules:
-    download_vas,
-    unpack_vas,

@@ -125,7 +125,7 @@ rule compare_with_baseline:
     benchmark:
         f"{LOGS}/benchmarks/compare_with_baseline/{{sampleset}}.tsv"
     conda:
-        TORCH_ENV
+        CPU_ENV
     threads: THREADS
     resources:
         runtime=by_attempt(120),
@@ -153,7 +153,7 @@ rule compare_with_best:
     benchmark:
         f"{LOGS}/benchmarks/compare_with_best/{{run}}.tsv"
     conda:
-        TORCH_ENV
+        CPU_ENV
     threads: THREADS
     resources:
         runtime=by_attempt(120),
@@ -187,6 +187,7 @@ rule aggregate_table:
         f"{LOGS}/aggregate_table.log",
     benchmark:
         f"{LOGS}/benchmarks/aggregate_table.tsv"
+    localrule: True
     conda:
         CPU_ENV
     resources:
@@ -201,7 +202,3 @@ rule aggregate_table:
         settings=config["table"],
     script:
         "../scripts/aggregate_table.py"
-
-
-localrules:
-    aggregate_table,

@@ -11,16 +11,13 @@ rule fetch_weights:
         f"{LOGS}/benchmarks/fetch_weights/{{filename}}.tsv"
     wildcard_constraints:
         filename="|".join(re.escape(f) for f in WEIGHTS_FILES),
+    localrule: True
     conda:
         TORCH_ENV
     resources:
         runtime=by_attempt(60),
     script:
         "../scripts/fetch_weights.py"
-
-
-localrules:
-    fetch_weights,
 
 
 rule extract_features:

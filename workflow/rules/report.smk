@@ -1,30 +1,7 @@
 """The report's figures and pages (`snakemake --report report.html` after a run): the results table, training
 curves, MKL/FID per run, and a listening gallery per run. Cheap CPU jobs, run where snakemake runs."""
 
-# Every file the report shows; rule all asks for them, so a finished run has its report ready to build.
-REPORT_FILES = [
-    f"{R}/report/landing.rst",
-    f"{R}/report/method.html",
-    f"{R}/report/table.html",
-    f"{R}/report/scores.svg",
-]
 TRAINED_CODEBOOK = codebook_checkpoint() == f"{R}/codebook/codebook.ckpt"
-if TRAINED_CODEBOOK:
-    REPORT_FILES.append(f"{R}/report/codebook.svg")
-
-
-# The landing page: what the workflow is and the study's answer, written from the results (an absolute path:
-# a relative one would be taken relative to this file's folder, not to the working directory).
-report: os.path.abspath(f"{R}/report/landing.rst")
-
-
-REPORT_FILES += expand(f"{R}/report/gallery/{{run}}.html", run=RUNS)
-# the runs whose learning-rate finder runs (lr_find: true): its loss-LR curve is in the report
-LR_FIND_RUNS = [name for name, run in RUNS.items() if run["lr_find"]]
-REPORT_FILES += expand(f"{R}/report/lr_find/{{run}}.svg", run=LR_FIND_RUNS)
-if TRAINED_RUNS:
-    REPORT_FILES += [f"{R}/report/validation_loss.svg", f"{R}/report/learning_rate.svg"]
-    REPORT_FILES += expand(f"{R}/report/loss/{{run}}.svg", run=TRAINED_RUNS)
 
 
 rule report_results:
@@ -46,8 +23,9 @@ rule report_results:
         f"{LOGS}/report_results.log",
     benchmark:
         f"{LOGS}/benchmarks/report_results.tsv"
+    localrule: True
     conda:
-        TORCH_ENV
+        CPU_ENV
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(2000),
@@ -76,6 +54,7 @@ rule report_landing:
         f"{LOGS}/report_landing.log",
     benchmark:
         f"{LOGS}/benchmarks/report_landing.tsv"
+    localrule: True
     conda:
         CPU_ENV
     resources:
@@ -104,8 +83,9 @@ rule plot_codebook:
         f"{LOGS}/plot_codebook.log",
     benchmark:
         f"{LOGS}/benchmarks/plot_codebook.tsv"
+    localrule: True
     conda:
-        TORCH_ENV
+        CPU_ENV
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(2000),
@@ -129,8 +109,9 @@ rule plot_loss_curve:
         f"{LOGS}/plot_loss_curve/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/plot_loss_curve/{{run}}.tsv"
+    localrule: True
     conda:
-        TORCH_ENV
+        CPU_ENV
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(2000),
@@ -161,8 +142,9 @@ rule plot_training_overview:
         f"{LOGS}/plot_training_overview.log",
     benchmark:
         f"{LOGS}/benchmarks/plot_training_overview.tsv"
+    localrule: True
     conda:
-        TORCH_ENV
+        CPU_ENV
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(2000),
@@ -188,8 +170,9 @@ rule plot_lr_find:
         f"{LOGS}/plot_lr_find/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/plot_lr_find/{{run}}.tsv"
+    localrule: True
     conda:
-        TORCH_ENV
+        CPU_ENV
     resources:
         runtime=by_attempt(10),
         mem_mb=by_attempt(2000),
@@ -215,8 +198,9 @@ rule listening_gallery:
         f"{LOGS}/listening_gallery/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/listening_gallery/{{run}}.tsv"
+    localrule: True
     conda:
-        TORCH_ENV
+        CPU_ENV
     resources:
         runtime=by_attempt(20),
         mem_mb=by_attempt(4000),
@@ -225,13 +209,3 @@ rule listening_gallery:
         vocoder={"melgan": "MelGAN", "griffin_lim": "Griffin-Lim"}[config["vocoder"]["kind"]],
     script:
         "../scripts/listening_gallery.py"
-
-
-localrules:
-    report_landing,
-    plot_codebook,
-    report_results,
-    plot_loss_curve,
-    plot_training_overview,
-    plot_lr_find,
-    listening_gallery,
