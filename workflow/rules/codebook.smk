@@ -70,7 +70,7 @@ rule encode_tokens:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("encode_tokens", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:

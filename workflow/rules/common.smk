@@ -18,6 +18,7 @@ from i2a.data import authors
 from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
 from i2a.models.released import RELEASED, released
 from i2a.runspec import RunSpec
+from i2a import sizing
 
 min_version("9.0")
 
@@ -200,9 +201,47 @@ def run_feature_stats(wildcards):
     return [f"{R}/features/{spec.features}/stats.npz"] if spec.feature_norm == "standard" else []
 
 
-def gpu_runtime_minutes(spec):
-    """SLURM time request for a training job: the full-size model on VAS, scaled by epochs."""
+# ---------------------------------------------------------------- what jobs ask SLURM for (i2a.sizing, docs/cluster.md)
+CLUSTER = config["cluster"]
+
+
+def run_spec(wildcards):
+    return RUN_SPECS[wildcards.run]
+
+
+def calibrated_runtime(rule, fallback_min, spec_of=None):
+    """A rule's time limit (minutes) from the calibration: expected x margin + start-up, at most max_runtime;
+    `fallback_min` where the calibration has no figure for its work. `i2a plan` shows the same numbers."""
+    return sizing.runtime(rule, config, fallback_min, spec_of, THREADS)
+
+
+def uncalibrated_training_minutes(spec):
+    """A training job's limit without a training figure in the calibration: the full-size model on VAS."""
     return 60 + 20 * spec.train.max_epochs
+
+
+def training_cpus(spec):
+    """CPUs of a training job: cpus_per_gpu per GPU (one process and its loader workers each) on a GPU node."""
+    return spec.train.gpus * CLUSTER["cpus_per_gpu"] if GPU else THREADS
+
+
+def training_runtime(wildcards, attempt):
+    spec = RUN_SPECS[wildcards.run]
+    return sizing.runtime("train_gpt", config, uncalibrated_training_minutes(spec), lambda w: spec, training_cpus(spec))(
+        wildcards, attempt
+    )
+
+
+def training_segments(run):
+    spec = RUN_SPECS[run]
+    time = sizing.job_minutes("train_gpt", config, {"run": run}, spec, training_cpus(spec),
+                              uncalibrated_training_minutes(spec))
+    return sizing.segments_needed(time, CLUSTER)
+
+
+# a run longer than max_runtime trains in segments: one retry per segment, and one for a failure
+TRAIN_SEGMENTS = max([training_segments(run) for run in TRAINED_RUNS], default=1)
+TRAIN_RETRIES = TRAIN_SEGMENTS if TRAIN_SEGMENTS > 1 else None
 
 
 # ---------------------------------------------------------------- input functions of single rules

@@ -46,7 +46,7 @@ rule score_reference:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("score_reference", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:
@@ -71,7 +71,7 @@ rule reconstruct_validation:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("reconstruct_validation", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:
@@ -100,7 +100,7 @@ rule score_samples:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(120),
+        runtime=calibrated_runtime("score_samples", 120),
         # the rehearsal's full Melception job peaked at 1.1 GB; the metrics of 768 videos x 10 samples with 1,000
         # bootstrap replicates at 0.4 GB; plus ~3 GB of CUDA runtime
         mem_mb=by_attempt(8000),

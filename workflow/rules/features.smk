@@ -39,7 +39,7 @@ rule extract_features:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(120),
+        runtime=calibrated_runtime("extract_features", 120),
         # frames are resized as decoded: clips in flight are held at 224 px; the rehearsal's ResNet50 job peaked at
         # 2.4 GB on CPU (activations included), plus ~3 GB of CUDA runtime on a GPU node
         mem_mb=by_attempt(8000),

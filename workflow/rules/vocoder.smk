@@ -40,7 +40,7 @@ rule vocode:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("vocode", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:
