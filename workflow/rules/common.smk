@@ -239,6 +239,24 @@ def training_segments(run):
     return sizing.segments_needed(time, CLUSTER)
 
 
+def uses_cluster_names():
+    """Whether this run went through the SLURM profile (its set-resources read the I2A_SLURM_* variables)."""
+    for resources in workflow.resource_settings.overwrite_resources.values():
+        values = resources.values() if hasattr(resources, "values") else []
+        if any("I2A_SLURM" in str(getattr(value, "raw", value)) for value in values):
+            return True
+    return False
+
+
+# through the SLURM profile (a dry run included), say which cluster names are still the profile's defaults
+if workflow.is_main_process and uses_cluster_names():
+    from snakemake.logging import logger
+    from i2a.plan import PROFILE_VARIABLES
+
+    for name, meaning in PROFILE_VARIABLES.items():
+        if not os.environ.get(name):
+            logger.warning(f"SLURM profile: {name} is not set: {meaning} (profiles/slurm/README.md)")
+
 # a run longer than max_runtime trains in segments: one retry per segment, and one for a failure
 TRAIN_SEGMENTS = max([training_segments(run) for run in TRAINED_RUNS], default=1)
 TRAIN_RETRIES = TRAIN_SEGMENTS if TRAIN_SEGMENTS > 1 else None
