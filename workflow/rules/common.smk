@@ -74,6 +74,13 @@ def by_attempt(amount):
     return lambda wildcards, attempt: amount * attempt
 
 
+def fixed_runtime(minutes):
+    """The time limit of a rule the calibration does not size: its own minutes x attempt, at most max_runtime
+    (a longer job could never start on a partition with that limit)."""
+    cap = int(config["cluster"]["max_runtime_hours"] * 60)
+    return lambda wildcards, attempt: min(minutes * attempt, cap)
+
+
 def shard_ids(split):
     return [f"{k:03d}" for k in range(config["shards"][split])]
 
@@ -203,6 +210,10 @@ def run_feature_stats(wildcards):
 
 # ---------------------------------------------------------------- what jobs ask SLURM for (i2a.sizing, docs/cluster.md)
 CLUSTER = config["cluster"]
+try:
+    sizing.load_calibration(CLUSTER["calibration"])
+except sizing.CalibrationError as error:
+    raise WorkflowError(f"config key cluster.calibration: {error}") from None
 
 
 def run_spec(wildcards):
@@ -227,15 +238,16 @@ def training_cpus(spec):
 
 def training_runtime(wildcards, attempt):
     spec = RUN_SPECS[wildcards.run]
-    return sizing.runtime("train_gpt", config, uncalibrated_training_minutes(spec), lambda w: spec, training_cpus(spec))(
-        wildcards, attempt
-    )
+    return sizing.runtime(
+        "train_gpt", config, uncalibrated_training_minutes(spec), lambda w: spec, training_cpus(spec)
+    )(wildcards, attempt)
 
 
 def training_segments(run):
     spec = RUN_SPECS[run]
-    time = sizing.job_minutes("train_gpt", config, {"run": run}, spec, training_cpus(spec),
-                              uncalibrated_training_minutes(spec))
+    time = sizing.job_minutes(
+        "train_gpt", config, {"run": run}, spec, training_cpus(spec), uncalibrated_training_minutes(spec)
+    )
     return sizing.segments_needed(time, CLUSTER)
 
 

@@ -14,7 +14,7 @@ rule fetch_weights:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(60),
+        runtime=fixed_runtime(60),
     script:
         "../scripts/fetch_weights.py"
 
@@ -79,7 +79,7 @@ rule feature_summary:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(60),
+        runtime=fixed_runtime(60),
         mem_mb=by_attempt(8000),
     script:
         "../scripts/feature_summary.py"

@@ -49,7 +49,7 @@ rule report_results:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/report_results.py"
@@ -79,7 +79,7 @@ rule report_landing:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
     params:
         dataset="the built-in synthetic demo" if config["dataset"] == "synthetic" else "VAS",
         bootstrap=config["metrics"]["bootstrap"],
@@ -107,7 +107,7 @@ rule plot_codebook:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/plot_codebook.py"
@@ -132,7 +132,7 @@ rule plot_loss_curve:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/plot_loss_curve.py"
@@ -164,7 +164,7 @@ rule plot_training_overview:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     params:
         runs=TRAINED_RUNS,
@@ -191,7 +191,7 @@ rule plot_lr_find:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/plot_lr_find.py"
@@ -218,7 +218,7 @@ rule listening_gallery:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(20),
+        runtime=fixed_runtime(20),
         mem_mb=by_attempt(4000),
     params:
         videos=config["report"]["gallery_videos"],

@@ -18,10 +18,10 @@ rule train_gpt:
         f"{LOGS}/train_gpt/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/train_gpt/{{run}}.tsv"
+    retries: TRAIN_RETRIES
     conda:
         TORCH_ENV
     threads: lambda w: training_cpus(RUN_SPECS[w.run])
-    retries: TRAIN_RETRIES
     resources:
         runtime=training_runtime,
         mem_mb=lambda w, attempt: 16000 * RUN_SPECS[w.run].train.gpus * attempt,

@@ -15,7 +15,7 @@ rule train_melgan:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(4320),
+        runtime=fixed_runtime(4320),
         mem_mb=by_attempt(16000),
         gpu=GPU,
     params:
