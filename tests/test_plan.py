@@ -193,3 +193,28 @@ def test_command_prints_the_table(capsys):
     assert "rule all" in out and "jobs would run" in out and "nothing was run" in out
     for rule in ("train_gpt", "train_codebook", "aggregate_table", "total", "training run", "wall time"):
         assert rule in out
+
+
+def test_i2a_command_dispatches_plan_and_make_plan_calls_it(capsys):
+    from i2a.cli import main as i2a
+
+    assert i2a(["plan", "--configfile", str(REPO / "config/demo.yaml"), "--all", "--json"]) == 0
+    assert "expected_gpu_hours" in capsys.readouterr().out
+    assert i2a([]) == 0 and "calibrate" in capsys.readouterr().out
+    assert "\t.venv/bin/i2a plan results/table.csv" in (REPO / "Makefile").read_text()
+
+
+def test_dry_run_through_the_profile_flags_unset_cluster_names(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I2A_SLURM_")}
+    env["I2A_SLURM_GPU_PARTITION"] = "h200"
+    out = subprocess.run([sys.executable, "-m", "snakemake", "results/demo/table.csv", "--profile", "profiles/slurm",
+                          "-n", "--configfile", "config/demo.yaml", "--quiet", "rules"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = out.stdout + out.stderr
+    assert "I2A_SLURM_ACCOUNT is not set" in said and "I2A_SLURM_CPU_PARTITION is not set" in said
+    assert "I2A_SLURM_GPU_PARTITION is not set" not in said
