@@ -274,7 +274,7 @@ def measure_vocoder(config, device, repeats: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ the file
-def calibrate(config: dict[str, Any], device=None, parts: Sequence[str] = PARTS, steps: int = 10, warmup: int = 3,
+def calibrate(config: dict[str, Any], device=None, parts: Sequence[str] = PARTS, steps: int = 5, warmup: int = 2,
               repeats: int = 3) -> dict[str, Any]:
     """Every figure of a calibration file for this machine (the parts asked for)."""
     import torch
@@ -345,8 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="default: profiles/slurm/calibration/<device>.yaml")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per shape (default 10)")
-    parser.add_argument("--warmup", type=int, default=3, help="training steps before timing (default 3)")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per shape (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="training steps before timing (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of the other measurements (default 3)")
     opts = parser.parse_args(argv)
     parts = [p.strip() for p in opts.only.split(",") if p.strip()]
