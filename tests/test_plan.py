@@ -218,3 +218,8 @@ def test_dry_run_through_the_profile_flags_unset_cluster_names(tmp_path):
     said = out.stdout + out.stderr
     assert "I2A_SLURM_ACCOUNT is not set" in said and "I2A_SLURM_CPU_PARTITION is not set" in said
     assert "I2A_SLURM_GPU_PARTITION is not set" not in said
+
+
+def test_a_missing_calibration_is_a_clear_error(tmp_path, capsys):
+    assert main(["--calibration", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err

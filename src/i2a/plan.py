@@ -341,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.gpus < 1:
         parser.error("--gpus must be at least 1")
     try:
+        if opts.calibration is not None:
+            sizing.load_calibration(opts.calibration)  # before the dry run: a clear message, not a traceback
         jobs, config = _dry_run(opts.targets, opts.profile, opts.configfile, opts.directory, None, opts.every_job,
                                 opts.calibration)
         jobs = [_with_expected(job, config) for job in jobs]
