@@ -75,7 +75,7 @@ def by_attempt(amount):
 
 
 def fixed_runtime(minutes):
-    """The time limit of a rule the calibration does not size: its own minutes x attempt, at most max_runtime
+    """The time limit of rules the calibration does not size (their own minutes x attempt), at most max_runtime
     (a longer job could never start on a partition with that limit)."""
     cap = int(config["cluster"]["max_runtime_hours"] * 60)
     return lambda wildcards, attempt: min(minutes * attempt, cap)
