@@ -56,7 +56,7 @@ browser:
 
 # What the full study would request on SLURM (profiles/slurm), without running anything; see README.
 plan: install
-	.venv/bin/python -m i2a.plan results/table.csv
+	.venv/bin/i2a plan results/table.csv
 
 lint: install
 	.venv/bin/snakemake --lint

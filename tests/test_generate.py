@@ -406,4 +406,7 @@ def test_the_console_script_is_declared():
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, function = scripts["i2a"].split(":")
-    assert module == "i2a.generate" and callable(getattr(sys.modules[module], function))
+    assert module == "i2a.cli" and scripts["i2a"] == "i2a.cli:main"
+    from i2a.cli import COMMANDS
+
+    assert COMMANDS["generate"][0] == "i2a.generate" and {"plan", "calibrate"} <= set(COMMANDS)

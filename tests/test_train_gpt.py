@@ -237,3 +237,36 @@ def test_lr_finder_suggests_a_rate_that_base_lr_auto_trains_with(tmp_path):
     assert out["lr"] == pytest.approx(result["suggested_lr"])
     assert torch.load(tmp_path / "run" / "best.ckpt", weights_only=True)["run_spec"]["train"]["base_lr"] == \
         pytest.approx(result["suggested_base_lr"])  # the checkpoint records the LR it was trained with
+
+
+def test_capped_run_trains_in_segments_to_the_same_result(tmp_path):
+    """A run whose job limit is a fraction of its training stops cleanly before each limit (last.ckpt kept) and
+    the next job goes on: several segments end with the uninterrupted run's best.ckpt and metrics.csv."""
+    import time
+
+    from i2a.training.segments import SegmentDone
+
+    train = GPTDataset(*_data(64, 1), S=S)
+    valid = GPTDataset(*_data(8, 2), S=S)
+    cfg = _cfg(scheduler="cosine", max_epochs=12)
+    started = time.time()
+    full = train_gpt(train, valid, cfg, tmp_path / "full", accelerator="cpu")
+    budget = (time.time() - started) / 4  # each job may train for a quarter of the whole (a few seconds at most)
+    segments, done = 0, None
+    while done is None:
+        segments += 1
+        assert segments <= 12, "no progress between segments"
+        try:
+            done = train_gpt(train, valid, cfg, tmp_path / "segmented", accelerator="cpu",
+                             deadline=time.time() + budget)
+        except SegmentDone as stop:
+            assert (tmp_path / "segmented" / "last.ckpt").is_file() and stop.max_epochs == 12
+            assert len(_read_csv(tmp_path / "segmented" / "metrics.csv")) == stop.epochs_done < 12
+    assert segments >= 3
+    assert _read_csv(tmp_path / "segmented" / "metrics.csv") == _read_csv(tmp_path / "full" / "metrics.csv")
+    assert done["best_epoch"] == full["best_epoch"]
+    best_full = torch.load(tmp_path / "full" / "best.ckpt", weights_only=True)
+    best_seg = torch.load(tmp_path / "segmented" / "best.ckpt", weights_only=True)
+    assert best_full["epoch"] == best_seg["epoch"]
+    for k, v in best_full["state_dict"].items():
+        assert torch.equal(v, best_seg["state_dict"][k]), k

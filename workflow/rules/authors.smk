@@ -25,7 +25,7 @@ rule download_authors_vas:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(240),
+        runtime=fixed_runtime(240),
     params:
         url=lambda w: authors.file_url(w.file, AUTHORS["url"], AUTHORS["splits_url"]),
         md5=lambda w: AUTHORS_SUMS[w.file],
@@ -48,7 +48,7 @@ rule list_authors_clips:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(1000),
     params:
         shards=config["shards"],
@@ -71,7 +71,7 @@ rule import_authors_mels:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(60),
+        runtime=fixed_runtime(60),
         mem_mb=by_attempt(2000),
     params:
         mel={
@@ -98,7 +98,7 @@ rule import_authors_features:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(60),
+        runtime=fixed_runtime(60),
         mem_mb=by_attempt(4000),
     params:
         frames={
@@ -127,7 +127,7 @@ rule preprocess_authors_videos:
         CPU_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(240),
+        runtime=fixed_runtime(240),
         mem_mb=by_attempt(4000),
     params:
         data=data_params(),

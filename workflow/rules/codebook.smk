@@ -16,7 +16,7 @@ rule fetch_checkpoint:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(120),
+        runtime=fixed_runtime(120),
     params:
         url=lambda w: config["checkpoints"].get(w.name, {}).get("url", released(w.name).url),
         # <name>.<member>: another of the archive's checkpoints than the registry's own
@@ -42,7 +42,7 @@ rule train_codebook:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(4320),
+        runtime=fixed_runtime(4320),
         mem_mb=by_attempt(32000),
         gpu=GPU,
     params:
@@ -67,7 +67,7 @@ rule encode_tokens:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("encode_tokens", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:

@@ -17,6 +17,7 @@ from i2a.data import authors
 from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
 from i2a.models.released import RELEASED, released
 from i2a.runspec import RunSpec
+from i2a import sizing
 
 try:
     validate_config(config, Path(workflow.basedir) / "schemas/config.schema.yaml")
@@ -64,6 +65,13 @@ wildcard_constraints:
 def by_attempt(amount):
     """A runtime or memory request that grows when SLURM killed the previous attempt for exceeding it."""
     return lambda wildcards, attempt: amount * attempt
+
+
+def fixed_runtime(minutes):
+    """The time limit of rules the calibration does not size (their own minutes x attempt), at most max_runtime
+    (a longer job could never start on a partition with that limit)."""
+    cap = int(config["cluster"]["max_runtime_hours"] * 60)
+    return lambda wildcards, attempt: min(minutes * attempt, cap)
 
 
 def shard_ids(split):
@@ -193,9 +201,70 @@ def run_feature_stats(wildcards):
     return [f"{R}/features/{spec.features}/stats.npz"] if spec.feature_norm == "standard" else []
 
 
-def gpu_runtime_minutes(spec):
-    """SLURM time request for a training job: the full-size model on VAS, scaled by epochs."""
+# ---------------------------------------------------------------- what jobs ask SLURM for (i2a.sizing, docs/cluster.md)
+CLUSTER = config["cluster"]
+try:
+    sizing.load_calibration(CLUSTER["calibration"])
+except sizing.CalibrationError as error:
+    raise WorkflowError(f"config key cluster.calibration: {error}") from None
+
+
+def run_spec(wildcards):
+    return RUN_SPECS[wildcards.run]
+
+
+def calibrated_runtime(rule, fallback_min, spec_of=None):
+    """A rule's time limit (minutes) from the calibration: expected x margin + start-up, at most max_runtime;
+    `fallback_min` where the calibration has no figure for its work. `i2a plan` shows the same numbers."""
+    return sizing.runtime(rule, config, fallback_min, spec_of, THREADS)
+
+
+def uncalibrated_training_minutes(spec):
+    """A training job's limit without a training figure in the calibration: the full-size model on VAS."""
     return 60 + 20 * spec.train.max_epochs
+
+
+def training_cpus(spec):
+    """CPUs of a training job: cpus_per_gpu per GPU (one process and its loader workers each) on a GPU node."""
+    return spec.train.gpus * CLUSTER["cpus_per_gpu"] if GPU else THREADS
+
+
+def training_runtime(wildcards, attempt):
+    spec = RUN_SPECS[wildcards.run]
+    return sizing.runtime(
+        "train_gpt", config, uncalibrated_training_minutes(spec), lambda w: spec, training_cpus(spec)
+    )(wildcards, attempt)
+
+
+def training_segments(run):
+    spec = RUN_SPECS[run]
+    time = sizing.job_minutes(
+        "train_gpt", config, {"run": run}, spec, training_cpus(spec), uncalibrated_training_minutes(spec)
+    )
+    return sizing.segments_needed(time, CLUSTER)
+
+
+def uses_cluster_names():
+    """Whether this run went through the SLURM profile (its set-resources read the I2A_SLURM_* variables)."""
+    for resources in workflow.resource_settings.overwrite_resources.values():
+        values = resources.values() if hasattr(resources, "values") else []
+        if any("I2A_SLURM" in str(getattr(value, "raw", value)) for value in values):
+            return True
+    return False
+
+
+# through the SLURM profile (a dry run included), say which cluster names are still the profile's defaults
+if workflow.is_main_process and uses_cluster_names():
+    from snakemake.logging import logger
+    from i2a.plan import PROFILE_VARIABLES
+
+    for name, meaning in PROFILE_VARIABLES.items():
+        if not os.environ.get(name):
+            logger.warning(f"SLURM profile: {name} is not set: {meaning} (profiles/slurm/README.md)")
+
+# a run longer than max_runtime trains in segments: one retry per segment, and one for a failure
+TRAIN_SEGMENTS = max([training_segments(run) for run in TRAINED_RUNS], default=1)
+TRAIN_RETRIES = TRAIN_SEGMENTS if TRAIN_SEGMENTS > 1 else None
 
 
 # ---------------------------------------------------------------- input functions of single rules

@@ -21,7 +21,7 @@ rule make_synthetic_videos:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(max(2000, 1000 + round(SYNTHETIC_CLIP_MB))),
     params:
         synthetic=config["synthetic"],
@@ -44,7 +44,7 @@ rule list_clips:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(1000),
     params:
         dataset=config["dataset"],
@@ -73,7 +73,7 @@ rule preprocess_clips:
         CPU_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(240),
+        runtime=fixed_runtime(240),
         mem_mb=by_attempt(4000),
     params:
         data=data_params(),
@@ -93,7 +93,7 @@ rule download_vas:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(240),
+        runtime=fixed_runtime(240),
     params:
         url=config["vas"]["url"],
         md5=config["vas"]["md5"],
@@ -114,6 +114,6 @@ rule unpack_vas:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(60),
+        runtime=fixed_runtime(60),
     script:
         "../scripts/unpack_vas.py"

@@ -18,7 +18,7 @@ rule train_melception:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(1440),
+        runtime=fixed_runtime(1440),
         mem_mb=by_attempt(16000),
         gpu=GPU,
     params:
@@ -46,7 +46,7 @@ rule score_reference:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("score_reference", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:
@@ -71,7 +71,7 @@ rule reconstruct_validation:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("reconstruct_validation", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:
@@ -100,7 +100,7 @@ rule score_samples:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(120),
+        runtime=calibrated_runtime("score_samples", 120),
         # the rehearsal's full Melception job peaked at 1.1 GB; the metrics of 768 videos x 10 samples with 1,000
         # bootstrap replicates at 0.4 GB; plus ~3 GB of CUDA runtime
         mem_mb=by_attempt(8000),
@@ -128,7 +128,7 @@ rule compare_with_baseline:
         CPU_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(120),
+        runtime=fixed_runtime(120),
         # numpy only: the paired bootstrap of two rows of 768 videos x 10 samples (1,000 replicates) peaks at 0.6 GB
         mem_mb=by_attempt(4000),
     params:
@@ -156,7 +156,7 @@ rule compare_with_best:
         CPU_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(120),
+        runtime=fixed_runtime(120),
         # as compare_with_baseline: it loads two rows' outputs and bootstraps their difference
         mem_mb=by_attempt(4000),
     params:
@@ -191,7 +191,7 @@ rule aggregate_table:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
     params:
         runs=[spec.to_dict() for spec in RUN_SPECS.values()],
         rows=ROWS,

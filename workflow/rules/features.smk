@@ -15,7 +15,7 @@ rule fetch_weights:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(60),
+        runtime=fixed_runtime(60),
     script:
         "../scripts/fetch_weights.py"
 
@@ -36,7 +36,7 @@ rule extract_features:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(120),
+        runtime=calibrated_runtime("extract_features", 120),
         # frames are resized as decoded: clips in flight are held at 224 px; the rehearsal's ResNet50 job peaked at
         # 2.4 GB on CPU (activations included), plus ~3 GB of CUDA runtime on a GPU node
         mem_mb=by_attempt(8000),
@@ -76,7 +76,7 @@ rule feature_summary:
     conda:
         TORCH_ENV
     resources:
-        runtime=by_attempt(60),
+        runtime=fixed_runtime(60),
         mem_mb=by_attempt(8000),
     script:
         "../scripts/feature_summary.py"

@@ -27,7 +27,7 @@ rule report_results:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/report_results.py"
@@ -58,7 +58,7 @@ rule report_landing:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
     params:
         dataset="the built-in synthetic demo" if config["dataset"] == "synthetic" else "VAS",
         bootstrap=config["metrics"]["bootstrap"],
@@ -87,7 +87,7 @@ rule plot_codebook:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/plot_codebook.py"
@@ -113,7 +113,7 @@ rule plot_loss_curve:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/plot_loss_curve.py"
@@ -146,7 +146,7 @@ rule plot_training_overview:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     params:
         runs=TRAINED_RUNS,
@@ -174,7 +174,7 @@ rule plot_lr_find:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(10),
+        runtime=fixed_runtime(10),
         mem_mb=by_attempt(2000),
     script:
         "../scripts/plot_lr_find.py"
@@ -202,7 +202,7 @@ rule listening_gallery:
     conda:
         CPU_ENV
     resources:
-        runtime=by_attempt(20),
+        runtime=fixed_runtime(20),
         mem_mb=by_attempt(4000),
     params:
         videos=config["report"]["gallery_videos"],

@@ -18,11 +18,12 @@ rule train_gpt:
         f"{LOGS}/train_gpt/{{run}}.log",
     benchmark:
         f"{LOGS}/benchmarks/train_gpt/{{run}}.tsv"
+    retries: TRAIN_RETRIES
     conda:
         TORCH_ENV
-    threads: THREADS
+    threads: lambda w: training_cpus(RUN_SPECS[w.run])
     resources:
-        runtime=lambda w, attempt: gpu_runtime_minutes(RUN_SPECS[w.run]) * attempt,
+        runtime=training_runtime,
         mem_mb=lambda w, attempt: 16000 * RUN_SPECS[w.run].train.gpus * attempt,
         gpu=lambda w: RUN_SPECS[w.run].train.gpus * GPU,
     params:
@@ -53,7 +54,7 @@ rule lr_find:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("lr_find", 60, run_spec),
         mem_mb=by_attempt(16000),
         gpu=GPU,
     params:
@@ -85,7 +86,7 @@ rule sample_tokens:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(240),
+        runtime=calibrated_runtime("sample_tokens", 240, run_spec),
         mem_mb=by_attempt(16000),
         gpu=GPU,
     params:

@@ -15,7 +15,7 @@ rule train_melgan:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(4320),
+        runtime=fixed_runtime(4320),
         mem_mb=by_attempt(16000),
         gpu=GPU,
     params:
@@ -40,7 +40,7 @@ rule vocode:
         TORCH_ENV
     threads: THREADS
     resources:
-        runtime=by_attempt(60),
+        runtime=calibrated_runtime("vocode", 60),
         mem_mb=by_attempt(8000),
         gpu=GPU,
     params:

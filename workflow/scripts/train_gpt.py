@@ -1,12 +1,32 @@
-"""Train one run's GPT (design.md §5); a killed job resumes from its state folder."""
-from i2a.jobs import start_job
-from i2a.runspec import RunSpec
-from i2a.training.gpt import train_run
+"""Train one run's GPT (design.md §5); a killed job resumes from its state folder. In a SLURM job, a run longer
+than the job's time limit (`resources.runtime`) stops before it, keeps last.ckpt and exits with SEGMENT_EXIT:
+Snakemake's retry of the rule trains the next segment (docs/cluster.md). Elsewhere there is no limit."""
+import os
+import sys
+import time
 
-start_job(snakemake)
-train_run(RunSpec.from_dict(snakemake.params.run),
-          {"train": snakemake.input.train_tokens, "valid": snakemake.input.valid_tokens},
-          {"train": snakemake.input.train_features, "valid": snakemake.input.valid_features},
-          snakemake.input.codebook, snakemake.params.state_dir, snakemake.output.best, snakemake.output.metrics,
-          snakemake.output.summary, feature_stats=(snakemake.input.stats or [None])[0],
-          loader=snakemake.config["loader"], lr_find=(snakemake.input.lr_find or [None])[0])
+started = time.time()
+
+from i2a.jobs import start_job  # noqa: E402
+from i2a.runspec import RunSpec  # noqa: E402
+from i2a.training.gpt import train_run  # noqa: E402
+from i2a.training.segments import SEGMENT_EXIT, SegmentDone, deadline_from_runtime  # noqa: E402
+
+log = start_job(snakemake)
+spec = RunSpec.from_dict(snakemake.params.run)
+if spec.train.gpus > 1:  # the job's CPUs are shared by one training process per GPU
+    import torch
+
+    torch.set_num_threads(max(1, snakemake.threads // spec.train.gpus))
+try:
+    train_run(spec,
+              {"train": snakemake.input.train_tokens, "valid": snakemake.input.valid_tokens},
+              {"train": snakemake.input.train_features, "valid": snakemake.input.valid_features},
+              snakemake.input.codebook, snakemake.params.state_dir, snakemake.output.best, snakemake.output.metrics,
+              snakemake.output.summary, feature_stats=(snakemake.input.stats or [None])[0],
+              loader=snakemake.config["loader"], lr_find=(snakemake.input.lr_find or [None])[0],
+              deadline=deadline_from_runtime(snakemake.resources.runtime if os.environ.get("SLURM_JOB_ID") else None,
+                                             started))
+except SegmentDone as stop:
+    log.warning("%s; exit status %d", stop, SEGMENT_EXIT)
+    sys.exit(SEGMENT_EXIT)

@@ -29,6 +29,7 @@ from i2a.models.gpt import CKPT_FORMAT, GPT, sample_frame_indices
 from i2a.runspec import RunSpec
 from i2a.training.curves import curve_summary
 from i2a.training.loop import EpochSampler, TrainingState, fingerprint, fit, metrics_writer, save_best
+from i2a.training.segments import SegmentDone, deadline_callback
 
 log = logging.getLogger(__name__)
 
@@ -259,13 +260,15 @@ class GPTModule(pl.LightningModule):
 def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_dir: str | Path, *,
               inputs: Sequence[str | Path] = (), codebook: dict[str, Any] | None = None,
               feature_stats: dict[str, np.ndarray] | None = None, accelerator: str = "auto",
-              loader: dict[str, Any] | None = None, log_every: int = 50, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+              loader: dict[str, Any] | None = None, log_every: int = 50, callbacks: Sequence[Any] = (),
+              deadline: float | None = None) -> dict[str, Any]:
     """Train the run's transformer in `state_dir` (resuming what a killed job left there), keeping
     `best.ckpt` (the best validation epoch, self-describing) and `metrics.csv` (one row per epoch).
 
     The state is bound to the content of `inputs` (the token and feature shards, the codebook) and to the run's
     training settings: change either and training starts over. Returns `curve_summary` plus the checkpoint path,
-    the LR used and the parameter count. `callbacks` are extra Lightning callbacks (e.g. for tests).
+    the LR used and the parameter count. `callbacks` are extra Lightning callbacks (e.g. for tests). With a
+    `deadline` (time.time()) training stops at an epoch's end before it and raises `SegmentDone` (segments).
     """
     for name, ds in (("train", train_ds), ("valid", valid_ds)):
         if ds.S != spec.feat_sample_size or ds.feat_dim != spec.model.feat_dim:
@@ -283,6 +286,9 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
              spec.model.layers, spec.model.heads, spec.model.embed, n_params / 1e6, spec.feat_sample_size,
              spec.model.block_size, train.learning_rate, train.base_lr, train.batch, train.gpus, train.accumulate)
     cbs = list(callbacks)
+    segment = deadline_callback(deadline) if deadline is not None else None
+    if segment is not None:
+        cbs.append(segment)
     if train.early_stopping:
         cbs.append(pl.callbacks.EarlyStopping(monitor="val_loss", mode="min", min_delta=0.0,
                                               patience=train.early_stopping_patience, verbose=True))
@@ -294,6 +300,8 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
                   strategy="ddp" if train.gpus > 1 else "auto", precision=train.lightning_precision,
                   callbacks=cbs, log_every=log_every, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
                   plugins=[LightningEnvironment()] if train.gpus > 1 else [])
+    if segment is not None and segment.stopped:
+        raise SegmentDone(trainer.current_epoch, train.max_epochs)
     summary = {**curve_summary(state.folder / "metrics.csv"), "best_ckpt": str(state.best),
                "metrics_csv": str(state.folder / "metrics.csv"), "lr": train.learning_rate, "n_params": n_params}
     if trainer is None or trainer.is_global_zero:
@@ -321,7 +329,8 @@ def gpt_dataset(spec: RunSpec, token_files: Sequence[str | Path], feature_files:
 def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[str, Sequence[str]],
               codebook_ckpt: str | Path, state_dir: str | Path, best_out: str | Path, metrics_out: str | Path,
               summary_out: str | Path, feature_stats: str | Path | None = None,
-              loader: dict[str, Any] | None = None, lr_find: str | Path | None = None) -> dict[str, Any]:
+              loader: dict[str, Any] | None = None, lr_find: str | Path | None = None,
+              deadline: float | None = None) -> dict[str, Any]:
     """The workflow's train_gpt job: train on the run's token and feature shards ({'train': [...], 'valid':
     [...]}), then publish the best checkpoint, the metrics and a summary under their final names. A run with
     `base_lr: auto` takes its base LR from the LR finder's result (`lr_find`, runs/<run>/lr_find.json)."""
@@ -334,7 +343,7 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
     if feature_stats is not None:
         inputs.append(feature_stats)
     summary = train_gpt(spec, train_ds, valid_ds, state_dir, inputs=inputs, codebook=codebook_fingerprint(codebook_ckpt),
-                        feature_stats=load_feature_stats(feature_stats), loader=loader)
+                        feature_stats=load_feature_stats(feature_stats), loader=loader, deadline=deadline)
     state = Path(state_dir)
     copy_file(state / "best.ckpt", best_out)
     copy_file(state / "metrics.csv", metrics_out)
