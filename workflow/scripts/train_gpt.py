@@ -3,8 +3,9 @@ from i2a.jobs import start_job
 from i2a.runspec import RunSpec
 from i2a.training.gpt import train_run
 
-start_job(snakemake)
-train_run(RunSpec.from_dict(snakemake.params.run),
+spec = RunSpec.from_dict(snakemake.params.run)
+start_job(snakemake, precision=spec.train.precision)
+train_run(spec,
           {"train": snakemake.input.train_tokens, "valid": snakemake.input.valid_tokens},
           {"train": snakemake.input.train_features, "valid": snakemake.input.valid_features},
           snakemake.input.codebook, snakemake.params.state_dir, snakemake.output.best, snakemake.output.metrics,

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from i2a.atomic import copy_file, write_text
 from i2a.models.gpt import CKPT_FORMAT, GPT, sample_frame_indices
+from i2a.precision import set_precision
 from i2a.runspec import RunSpec
 from i2a.training.curves import curve_summary
 from i2a.training.loop import EpochSampler, TrainingState, fingerprint, fit, metrics_writer, save_best
@@ -276,6 +277,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
                              f"{spec.n_tokens} (a different codebook or audio crop?)")
     state = TrainingState(state_dir, fingerprint(inputs, spec.training_view()))
     train = spec.train
+    set_precision(train.precision)  # TF32 or not; Lightning's precision below only sets the autocast
     pl.seed_everything(train.seed, workers=True, verbose=False)  # model init
     module = GPTModule(spec, train_ds, valid_ds, state, codebook, feature_stats, loader)
     n_params = sum(p.numel() for p in module.transformer.parameters())
@@ -363,6 +365,7 @@ def find_learning_rate(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset
     from lightning.pytorch.tuner import Tuner
 
     train = spec.train
+    set_precision(train.precision)
     probe = spec if train.base_lr != "auto" else spec.with_base_lr(min_lr)  # the finder sets the LR itself
     pl.seed_everything(train.seed, workers=True, verbose=False)  # the same initial weights as the run
     with tempfile.TemporaryDirectory(prefix="lr_find.") as tmp:
