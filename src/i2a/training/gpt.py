@@ -175,15 +175,27 @@ class GPTModule(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Dropout masks seeded per (seed, epoch, batch, rank), not drawn from one global stream that other
         # consumers (DataLoader iterators) also touch: a resumed run then trains exactly as an uninterrupted one.
+        # Only the generators this rank's dropout draws from are seeded, with what torch.manual_seed would give them:
+        # torch.manual_seed also queues a seed for every other device type, with a Python stack trace each while
+        # that device is not initialised (3 ms a step on a CPU).
         key = [self.spec.train.seed, self.current_epoch, batch_idx, self.global_rank]
-        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+        seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
 
     def training_step(self, batch, batch_idx):
+        # summed on the device, no self.log (its bookkeeping costs more than a tiny model's step): no host
+        # synchronisation per step; the epoch's mean is read at the end of the epoch and by progress lines
         loss, n = self._loss(batch)
-        self._sums[0] += loss.detach() * n  # summed on the device: no host synchronisation per step
+        self._sums[0] += loss.detach() * n
         self._sums[1] += n
-        self.log("train_loss", loss, batch_size=n)
         return loss
+
+    def train_loss_so_far(self) -> float | None:
+        """The mean training loss of this epoch so far on this rank (a host synchronisation: for progress lines)."""
+        total, n = self._sums[:2].tolist()
+        return total / n if n else None
 
     def validation_step(self, batch, batch_idx):
         loss, n = self._loss(batch)
@@ -200,8 +212,8 @@ class GPTModule(pl.LightningModule):
         row = {"epoch": self.current_epoch, "train_loss": float(sums[0] / max(sums[1], 1)), "val_loss": val_loss,
                "lr": self._epoch_lr}
         self.history.append(row)
-        log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.3g", row["epoch"], row["train_loss"],
-                 row["val_loss"], row["lr"])
+        log.info("epoch %d/%d done: train_loss %.4f val_loss %.4f lr %.3g", row["epoch"] + 1,
+                 self.spec.train.max_epochs, row["train_loss"], row["val_loss"], row["lr"])
         if self.trainer.is_global_zero:
             self.write_metrics(self.history)
         if val_loss < self.best_val_loss:
@@ -341,7 +353,8 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
     copy_file(state / "best.ckpt", best_out)
     copy_file(state / "metrics.csv", metrics_out)
     write_text(summary_out, json.dumps({**summary, "run": spec.training_view()}, indent=2))
-    log.info("best epoch %s, val loss %.4f, overfit %s", summary["best_epoch"], summary["best_val_loss"],
+    log.info("best epoch %d (counted from 1), val loss %.4f, overfit %s", summary["best_epoch"] + 1,
+             summary["best_val_loss"],
              summary["overfit"])
     return summary
 

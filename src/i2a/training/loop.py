@@ -164,22 +164,49 @@ def metrics_writer(path: str | os.PathLike, fields: Sequence[str] | None = None)
     return write
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def progress_callback(every: int):
-    """Plain log lines (no carriage returns) so that cluster log files show where training is."""
+    """Plain log lines (no carriage returns) so that cluster log files show where training is: the epoch counted
+    from 1 (as the table counts it), the batch, the share of the epoch done, the loss, the rate and the time left
+    of the epoch and of the run (at most: early stopping may end it sooner). The loss is the module's
+    `train_loss_so_far()` where it has one (the only host synchronisation, every `every` batches), else the last
+    `train_loss` the module logged."""
     pl = _lightning()
 
     class LogProgress(pl.Callback):
+        epoch_seconds: float | None = None  # the last whole epoch's wall time, validation and checkpoint included
+
         def on_train_epoch_start(self, trainer, pl_module):
-            self.t0 = time.time()
+            now = time.time()
+            if getattr(self, "epoch_started", None) is not None:
+                self.epoch_seconds = now - self.epoch_started
+            self.epoch_started = self.t0 = now
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            n = trainer.num_training_batches
-            if (batch_idx + 1) % every == 0 or batch_idx + 1 == n:
-                rate = (batch_idx + 1) / max(time.time() - self.t0, 1e-9)
+            n, done = trainer.num_training_batches, batch_idx + 1
+            if done % every and done != n:
+                return
+            elapsed = max(time.time() - self.t0, 1e-9)
+            rate = done / elapsed
+            if hasattr(pl_module, "train_loss_so_far"):
+                loss = pl_module.train_loss_so_far()
+            else:
                 loss = trainer.callback_metrics.get("train_loss")
-                shown = f" loss {float(loss):.4f}" if loss is not None else ""
-                log.info("epoch %d/%d batch %d/%s%s (%.2f batches/s)", trainer.current_epoch + 1, trainer.max_epochs,
-                         batch_idx + 1, n if math.isfinite(n) else "?", shown, rate)
+                loss = None if loss is None else float(loss)
+            shown = f" loss {loss:.4f}" if loss is not None else ""
+            if not math.isfinite(n):
+                log.info("epoch %d batch %d%s (%.2f batches/s)", trainer.current_epoch + 1, done, shown, rate)
+                return
+            epoch_left = (n - done) / rate
+            epochs_left = max(0, (trainer.max_epochs or 0) - trainer.current_epoch - 1) if trainer.max_epochs else 0
+            run_left = epoch_left + epochs_left * (self.epoch_seconds or n / rate)
+            log.info("epoch %d/%s batch %d/%d (%d%%)%s, %.2f batches/s, ETA epoch %s, run %s",
+                     trainer.current_epoch + 1, trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?",
+                     done, n, 100 * done // n, shown, rate, _duration(epoch_left), _duration(run_left))
 
     return LogProgress()
 
@@ -210,7 +237,7 @@ def fit(module, state: TrainingState, *, max_epochs: int, accelerator: str = "au
         return None
     if resume is not None:
         meta = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
-        log.info("resuming from %s (epoch %d, step %d)", resume, meta["epoch"], meta["global_step"])
+        log.info("resuming from %s (epoch %d done, step %d)", resume, meta["epoch"] + 1, meta["global_step"])
         del meta
     last = pl.callbacks.ModelCheckpoint(dirpath=state.folder, filename=Path(LAST).stem, save_top_k=1,
                                         enable_version_counter=False, every_n_epochs=1, save_on_train_epoch_end=True)
