@@ -1,7 +1,10 @@
 """train_gpt's loop: no host synchronisation or costly bookkeeping per step (issue 21.7); progress lines with the
 epoch counted from 1 and an ETA, Lightning's adverts filtered, an optional logger for curves (issue 24.6)."""
 import collections
+import csv
+import importlib.util
 import logging
+import re
 
 import lightning.pytorch as pl
 import pytest
@@ -58,3 +61,86 @@ def test_training_steps_do_not_synchronise_with_the_host(tmp_path, monkeypatch):
                         accelerator="cpu")
     assert summary["epochs_run"] == 1
     assert not counter.active and counter.calls == {}, dict(counter.calls)
+
+
+# ------------------------------------------------------------------------------------------------ logs (24.6)
+PROGRESS = re.compile(r"epoch (\d+)/2 batch (\d+)/4 \((\d+)%\) loss \d+\.\d{4}, [\d.]+ batches/s, "
+                      r"ETA epoch \d+:\d\d:\d\d, run \d+:\d\d:\d\d$")
+
+
+def test_progress_lines_count_epochs_from_1_with_an_eta(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="i2a.training")
+    train, valid = _datasets(16)  # 4 batches of 4
+    train_gpt(_cfg(max_epochs=2), train, valid, tmp_path / "state", log_every=2, accelerator="cpu")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("i2a.training")]
+    progress = [m.groups() for m in map(PROGRESS.match, lines) if m]
+    assert progress == [("1", "2", "50"), ("1", "4", "100"), ("2", "2", "50"), ("2", "4", "100")], lines
+    done = [line for line in lines if re.match(r"epoch \d+/2 done: train_loss", line)]
+    assert [line.split()[1] for line in done] == ["1/2", "2/2"]
+    assert not any(re.search(r"\bepoch 0\b(?!:\d\d)", line) for line in lines), lines  # ETA 0:00:01 aside
+
+
+def test_lightning_adverts_and_known_noise_are_filtered(tmp_path, caplog, recwarn):
+    lightning_log = logging.getLogger("lightning.pytorch")  # Lightning's own handler, not the root's
+    lightning_log.addHandler(caplog.handler)
+    try:
+        train, valid = _datasets(8)
+        train_gpt(_cfg(max_epochs=1), train, valid, tmp_path / "state", accelerator="cpu")
+    finally:
+        lightning_log.removeHandler(caplog.handler)
+    messages = [r.getMessage() for r in caplog.records] + [str(w.message) for w in recwarn]
+    assert any("GPU available" in m for m in messages)  # Lightning's other messages stay
+    for noise in ("💡 Tip", "litlogger", "litmodels", "LeafSpec", "`srun` command"):
+        assert not any(noise in m for m in messages), messages
+
+
+def test_noise_filter_drops_only_the_known_messages():
+    from i2a.training.loop import DropLightningNoise
+
+    def passes(message):
+        return DropLightningNoise().filter(logging.LogRecord("lightning", logging.INFO, "", 0, message, (), None))
+
+    assert not passes("💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels](...)")
+    assert not passes("The `srun` command is available on your system but is not used. HINT: ...")
+    assert passes("GPU available: True (cuda), used: True") and passes("Tip of the day")
+
+
+def test_csv_logger_writes_curves_while_training_runs(tmp_path):
+    curves = tmp_path / "logs" / "demo" / "train_gpt" / "tiny.curves"
+    seen = {}
+
+    class LookDuringEpoch2(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 0:
+                seen["rows"] = list(csv.DictReader(open(curves / "metrics.csv")))
+
+    train, valid = _datasets(16)
+    train_gpt(_cfg(max_epochs=2), train, valid, tmp_path / "state", log_every=2, accelerator="cpu",
+              logger="csv", curves_dir=curves, callbacks=[LookDuringEpoch2()])
+    assert seen["rows"] and {row["epoch"] for row in seen["rows"]} == {"1"}  # epoch 1 there while epoch 2 runs
+    rows = list(csv.DictReader(open(curves / "metrics.csv")))
+    assert [r["epoch"] for r in rows if r.get("val_loss")] == ["1", "2"]
+    assert len([r for r in rows if r.get("train_loss")]) == 4  # one per progress line
+    metrics = list(csv.DictReader(open(tmp_path / "state" / "metrics.csv")))
+    assert [float(r["val_loss"]) for r in rows if r.get("val_loss")] == pytest.approx(
+        [float(r["val_loss"]) for r in metrics])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed here")
+def test_tensorboard_logger_is_refused_clearly_without_the_package(tmp_path):
+    from i2a.training.loop import curve_logger
+
+    with pytest.raises(RuntimeError, match="logger: tensorboard needs the `tensorboard` package.*logger: csv"):
+        curve_logger("tensorboard", tmp_path)
+    with pytest.raises(ValueError, match="none, csv, tensorboard"):
+        curve_logger("wandb", tmp_path)
+    assert curve_logger("none", tmp_path) is None
+
+
+def test_logger_is_cosmetic_not_a_rule_param():
+    """`logger:` is read by the job from the config: a rule's params (which rerun jobs) never mention it."""
+    from conftest import REPO
+
+    rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert 'config["logger"]' not in rules
+    assert 'snakemake.config["logger"]' in (REPO / "workflow" / "scripts" / "train_gpt.py").read_text()

@@ -29,7 +29,8 @@ from i2a.models.gpt import CKPT_FORMAT, GPT, sample_frame_indices
 from i2a.precision import set_precision
 from i2a.runspec import RunSpec
 from i2a.training.curves import curve_summary
-from i2a.training.loop import EpochSampler, TrainingState, fingerprint, fit, metrics_writer, save_best
+from i2a.training.loop import (EpochSampler, TrainingState, fingerprint, fit, metrics_writer, quiet_lightning,
+                               save_best)
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,10 @@ class GPTModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         sums = self.trainer.strategy.reduce(self._sums.clone(), reduce_op="sum").cpu()
         val_loss = float(sums[2] / max(sums[3], 1))
-        self.log("val_loss", val_loss, sync_dist=False)
         row = {"epoch": self.current_epoch, "train_loss": float(sums[0] / max(sums[1], 1)), "val_loss": val_loss,
                "lr": self._epoch_lr}
+        # val_loss for the LR scheduler and early stopping; all three for the curves (config `logger:`)
+        self.log_dict({"val_loss": val_loss, "epoch_train_loss": row["train_loss"], "lr": row["lr"]}, sync_dist=False)
         self.history.append(row)
         log.info("epoch %d/%d done: train_loss %.4f val_loss %.4f lr %.3g", row["epoch"] + 1,
                  self.spec.train.max_epochs, row["train_loss"], row["val_loss"], row["lr"])
@@ -272,13 +274,15 @@ class GPTModule(pl.LightningModule):
 def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_dir: str | Path, *,
               inputs: Sequence[str | Path] = (), codebook: dict[str, Any] | None = None,
               feature_stats: dict[str, np.ndarray] | None = None, accelerator: str = "auto",
-              loader: dict[str, Any] | None = None, log_every: int = 50, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+              loader: dict[str, Any] | None = None, log_every: int = 50, callbacks: Sequence[Any] = (),
+              logger: str = "none", curves_dir: str | Path | None = None) -> dict[str, Any]:
     """Train the run's transformer in `state_dir` (resuming what a killed job left there), keeping
     `best.ckpt` (the best validation epoch, self-describing) and `metrics.csv` (one row per epoch).
 
     The state is bound to the content of `inputs` (the token and feature shards, the codebook) and to the run's
     training settings: change either and training starts over. Returns `curve_summary` plus the checkpoint path,
-    the LR used and the parameter count. `callbacks` are extra Lightning callbacks (e.g. for tests).
+    the LR used and the parameter count. `callbacks` are extra Lightning callbacks (e.g. for tests); `logger`
+    (none, csv or tensorboard: config `logger:`) writes curves into `curves_dir` while training runs.
     """
     for name, ds in (("train", train_ds), ("valid", valid_ds)):
         if ds.S != spec.feat_sample_size or ds.feat_dim != spec.model.feat_dim:
@@ -306,7 +310,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
 
     trainer = fit(module, state, max_epochs=train.max_epochs, accelerator=accelerator, devices=train.gpus,
                   strategy="ddp" if train.gpus > 1 else "auto", precision=train.lightning_precision,
-                  callbacks=cbs, log_every=log_every, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
+                  callbacks=cbs, log_every=log_every, logger=logger, curves_dir=curves_dir, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
                   plugins=[LightningEnvironment()] if train.gpus > 1 else [])
     summary = {**curve_summary(state.folder / "metrics.csv"), "best_ckpt": str(state.best),
                "metrics_csv": str(state.folder / "metrics.csv"), "lr": train.learning_rate, "n_params": n_params}
@@ -335,10 +339,12 @@ def gpt_dataset(spec: RunSpec, token_files: Sequence[str | Path], feature_files:
 def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[str, Sequence[str]],
               codebook_ckpt: str | Path, state_dir: str | Path, best_out: str | Path, metrics_out: str | Path,
               summary_out: str | Path, feature_stats: str | Path | None = None,
-              loader: dict[str, Any] | None = None, lr_find: str | Path | None = None) -> dict[str, Any]:
+              loader: dict[str, Any] | None = None, lr_find: str | Path | None = None, logger: str = "none",
+              curves_dir: str | Path | None = None) -> dict[str, Any]:
     """The workflow's train_gpt job: train on the run's token and feature shards ({'train': [...], 'valid':
     [...]}), then publish the best checkpoint, the metrics and a summary under their final names. A run with
-    `base_lr: auto` takes its base LR from the LR finder's result (`lr_find`, runs/<run>/lr_find.json)."""
+    `base_lr: auto` takes its base LR from the LR finder's result (`lr_find`, runs/<run>/lr_find.json). `logger`
+    and `curves_dir`: curves to watch while it runs (cosmetic, config `logger:`)."""
     from i2a.models.codebook import codebook_fingerprint
 
     spec = resolve_base_lr(spec, lr_find)
@@ -348,7 +354,8 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
     if feature_stats is not None:
         inputs.append(feature_stats)
     summary = train_gpt(spec, train_ds, valid_ds, state_dir, inputs=inputs, codebook=codebook_fingerprint(codebook_ckpt),
-                        feature_stats=load_feature_stats(feature_stats), loader=loader)
+                        feature_stats=load_feature_stats(feature_stats), loader=loader, logger=logger,
+                        curves_dir=curves_dir)
     state = Path(state_dir)
     copy_file(state / "best.ckpt", best_out)
     copy_file(state / "metrics.csv", metrics_out)
@@ -383,12 +390,13 @@ def find_learning_rate(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset
     pl.seed_everything(train.seed, workers=True, verbose=False)  # the same initial weights as the run
     with tempfile.TemporaryDirectory(prefix="lr_find.") as tmp:
         module = GPTModule(probe, train_ds, valid_ds, TrainingState(tmp, {}), codebook, feature_stats, loader)
-        trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=train.lightning_precision, max_epochs=-1,
-                             accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
-                             default_root_dir=tmp, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-        finder = Tuner(trainer).lr_find(module, min_lr=min_lr, max_lr=max_lr, num_training=steps,
-                                        mode="exponential", update_attr=False)
+        with quiet_lightning():
+            trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=train.lightning_precision,
+                                 max_epochs=-1, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
+                                 default_root_dir=tmp, logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+            finder = Tuner(trainer).lr_find(module, min_lr=min_lr, max_lr=max_lr, num_training=steps,
+                                            mode="exponential", update_attr=False)
     suggested = finder.suggestion()
     lrs, losses = [float(x) for x in finder.results["lr"]], [float(x) for x in finder.results["loss"]]
     result = {"run": spec.name, "suggested_lr": suggested,
