@@ -103,3 +103,15 @@ def test_a_job_log_records_its_precision(tmp_path, precision):
     else:  # a job without a setting of its own computes in strict fp32
         assert "precision: fp32 (matmul highest: TF32 off, cuDNN TF32 off, autocast off)" in text
         assert "flags highest False" in text
+
+
+def test_training_computes_in_its_runs_precision(tmp_path, restore_flags):
+    """train_gpt sets its run's precision itself (a calibration or a benchmark calling it computes as the job)."""
+    from test_train_gpt import _cfg, _data
+    from i2a.training.gpt import GPTDataset, train_gpt
+
+    set_precision("fp32")
+    tokens, feats = _data(8, 0)
+    train_gpt(_cfg(max_epochs=1, precision="tf32"), GPTDataset(tokens, feats, S=2), GPTDataset(tokens, feats, S=2),
+              tmp_path / "state", accelerator="cpu")
+    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
