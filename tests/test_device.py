@@ -20,10 +20,16 @@ SLURM_GPU_JOB = {"SLURM_JOB_ID": "42", "SLURM_GPUS_ON_NODE": "1", "CUDA_VISIBLE_
     ({"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "NoDevFiles"}, None),
     (SLURM_GPU_JOB, "SLURM_GPUS_ON_NODE=1"),
     ({"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "3"}, "SLURM_JOB_GPUS=3"),
-    ({"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "0,1"}, "CUDA_VISIBLE_DEVICES=0,1"),
+    ({"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "0,1"}, None),  # inherited from the submitting shell
 ])
 def test_which_jobs_were_given_a_gpu(env, given):
     assert gpus_given(env) == given
+
+
+def test_a_slurm_job_of_a_gpu_rule_was_given_a_gpu():
+    assert gpus_given({"SLURM_JOB_ID": "42"}, rule_gpus=1) == "the rule's gpu resource 1"
+    assert gpus_given({}, rule_gpus=1) is None  # a laptop running a GPU rule: unchanged
+    assert gpus_given({"SLURM_JOB_ID": "42"}, rule_gpus=0) is None
 
 
 def test_a_gpu_job_without_cuda_stops_with_the_cause(monkeypatch):
@@ -32,7 +38,7 @@ def test_a_gpu_job_without_cuda_stops_with_the_cause(monkeypatch):
     with pytest.raises(RuntimeError) as err:
         check_gpu_given(SLURM_GPU_JOB)
     text = str(err.value)
-    assert "SLURM_GPUS_ON_NODE=1" in text and "torch sees no CUDA device" in text
+    assert "SLURM_GPUS_ON_NODE=1" in text and "torch sees no CUDA device" in text and "CUDA_VISIBLE_DEVICES=0" in text
     assert f"CUDA {torch.version.cuda or 'none'}" in text and "535.54.03" in text and "driver" in text
     # and through the one device choice, 'auto' included
     monkeypatch.setattr(device.os, "environ", dict(SLURM_GPU_JOB))
@@ -69,4 +75,4 @@ def test_a_workflow_job_given_a_gpu_fails_at_its_start(tmp_path):
                           text=True, timeout=120)
     text = log.read_text()
     assert proc.returncode != 0 and "WORK STARTED" not in text
-    assert "given a GPU (SLURM_GPUS_ON_NODE=1) but torch sees no CUDA device" in text
+    assert "given a GPU (SLURM_GPUS_ON_NODE=1; CUDA_VISIBLE_DEVICES=0) but torch sees no CUDA device" in text

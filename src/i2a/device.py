@@ -1,6 +1,6 @@
 """The one place that chooses where tensors go: the GPU when the job has one, else the CPU.
 
-A job that was given a GPU (by SLURM, or through `CUDA_VISIBLE_DEVICES` inside a SLURM job) but whose torch sees
+A job that was given a GPU (SLURM's GPU variables, or a SLURM job of a rule with a `gpu` resource) but whose torch sees
 none stops at once (`check_gpu_given`): otherwise it would run on the CPU until its time limit. The usual cause
 is a driver older than the CUDA build of the installed torch wheels.
 """
@@ -16,9 +16,11 @@ SLURM_GPU_VARS = ("SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SL
 ALLOW_NO_CUDA = "I2A_ALLOW_NO_CUDA"
 
 
-def gpus_given(environ=None) -> str | None:
-    """Which variable says this process was given a GPU (`NAME=value`), or None: a SLURM job's GPU variables, or
-    `CUDA_VISIBLE_DEVICES` naming devices inside a SLURM job. Outside SLURM nothing counts (a laptop is unchanged)."""
+def gpus_given(environ=None, rule_gpus: int = 0) -> str | None:
+    """What says this process was given a GPU (`NAME=value`), or None: a SLURM job's GPU variables, or a SLURM job
+    whose rule asks for `rule_gpus` > 0 (its `gpu` resource). `CUDA_VISIBLE_DEVICES` alone does not count: it is
+    inherited from the submitting shell (sbatch exports it), so a CPU job could carry one. Outside SLURM nothing
+    counts (a laptop is unchanged)."""
     env = os.environ if environ is None else environ
     if not env.get("SLURM_JOB_ID"):
         return None
@@ -26,9 +28,8 @@ def gpus_given(environ=None) -> str | None:
         value = env.get(name, "").strip()
         if value and value not in ("0", "(null)"):
             return f"{name}={value}"
-    visible = env.get("CUDA_VISIBLE_DEVICES", "").strip()
-    if visible and visible not in ("-1", "NoDevFiles"):
-        return f"CUDA_VISIBLE_DEVICES={visible}"
+    if rule_gpus and int(rule_gpus) > 0:
+        return f"the rule's gpu resource {int(rule_gpus)}"
     return None
 
 
@@ -45,16 +46,17 @@ def _driver() -> str:
     return f"nvidia-smi: {text}" if text else f"nvidia-smi exited {out.returncode} without output"
 
 
-def check_gpu_given(environ=None) -> None:
+def check_gpu_given(environ=None, rule_gpus: int = 0) -> None:
     """Raise when this job was given a GPU but torch sees no CUDA device (see the module's docstring)."""
     import torch
 
     env = os.environ if environ is None else environ
-    given = gpus_given(env)
+    given = gpus_given(env, rule_gpus)
     if given is None or env.get(ALLOW_NO_CUDA) == "1" or torch.cuda.is_available():
         return
     raise RuntimeError(
-        f"this job was given a GPU ({given}) but torch sees no CUDA device, so it would run on the CPU until its "
+        f"this job was given a GPU ({given}; CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', 'unset')}) but "
+        f"torch sees no CUDA device, so it would run on the CPU until its "
         f"time limit. torch {torch.__version__} is built for CUDA {torch.version.cuda or 'none (a CPU-only build)'}; "
         f"{_driver()}. The likely cause: the node's NVIDIA driver is older than this CUDA build needs (see NVIDIA's "
         "CUDA compatibility table), or torch is a CPU-only build. Use a node or partition with a newer driver, or "

@@ -36,6 +36,7 @@ def start_job(smk, name: str | None = None, precision: str = "fp32") -> logging.
     from i2a.precision import use_precision
 
     torch.set_num_threads(threads)
-    check_gpu_given()
+    resources = getattr(smk, "resources", None)
+    check_gpu_given(rule_gpus=getattr(resources, "gpu", 0) or 0)
     use_precision(precision, logger)
     return logger
