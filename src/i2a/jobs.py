@@ -1,4 +1,5 @@
-"""What every workflow script does first: logs into the rule's log file, threads and seeds set."""
+"""What every workflow script does first: logs into the rule's log file, threads and arithmetic set, and a job
+that was given a GPU its torch cannot see stopped at once."""
 from __future__ import annotations
 
 import logging
@@ -7,8 +8,10 @@ import sys
 from pathlib import Path
 
 
-def start_job(smk, name: str | None = None) -> logging.Logger:
-    """Send stdout/stderr and logging to the rule's `log:` file (progress bars included) and cap threads."""
+def start_job(smk, name: str | None = None, precision: str = "fp32") -> logging.Logger:
+    """Send stdout/stderr and logging to the rule's `log:` file (progress bars included), cap threads, set the
+    job's arithmetic (`precision`, i2a.precision's vocabulary: the config's where it has a setting for the job,
+    else strict fp32) and record it in the log, and stop a job given a GPU that torch does not see."""
     if smk.log:
         log_path = Path(str(smk.log[0]))
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,12 +26,17 @@ def start_job(smk, name: str | None = None) -> logging.Logger:
     logging.getLogger("lightning").propagate = False
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
     logger = logging.getLogger(name or smk.rule)
     logger.info("rule %s: %d thread(s), wildcards %s", smk.rule, threads, dict(smk.wildcards.items()))
+    try:
+        import torch
+    except ImportError:  # a job of the data environment (CPU_ENV): no torch, no arithmetic to set
+        return logger
+    from i2a.device import check_gpu_given
+    from i2a.precision import use_precision
+
+    torch.set_num_threads(threads)
+    resources = getattr(smk, "resources", None)
+    check_gpu_given(rule_gpus=getattr(resources, "gpu", 0) or 0)
+    use_precision(precision, logger)
     return logger

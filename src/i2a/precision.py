@@ -56,6 +56,19 @@ def lightning_precision(name: str) -> str:
 
 
 def describe(name: str) -> str:
+    """The flags as they now read, in one line for a job's log: "precision: tf32 (matmul high: TF32 on, ...)"."""
     f = backend_flags(name)
-    return (f"precision {name}: matmul {f['float32_matmul_precision']} (TF32 {'on' if f['cuda_matmul_allow_tf32'] else 'off'}), "
-            f"cuDNN TF32 {'on' if f['cudnn_allow_tf32'] else 'off'}, autocast {f['autocast'] or 'off'}")
+    onoff = lambda flag: "on" if flag else "off"  # noqa: E731
+    return (f"precision: {name} (matmul {f['float32_matmul_precision']}: TF32 {onoff(f['cuda_matmul_allow_tf32'])}, "
+            f"cuDNN TF32 {onoff(f['cudnn_allow_tf32'])}, autocast {f['autocast'] or 'off'})")
+
+
+def use_precision(name: str, logger=None) -> str:
+    """Set `name` for this process and record it in the job's log; the one call for an entry point (jobs'
+    `start_job`, `i2a generate`, benchmarks). Returns the logged line."""
+    import logging
+
+    set_precision(name)
+    line = describe(name)
+    (logger or logging.getLogger("i2a.precision")).info("%s", line)
+    return line

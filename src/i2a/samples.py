@@ -20,6 +20,7 @@ from i2a.data.mel import MelSpec
 from i2a.data.store import ShardedArray, finite_rows
 from i2a.device import pick_device
 from i2a.models.gpt import load_transformer, random_features, sample_frame_indices, sample_tokens
+from i2a.precision import autocast_dtype
 from i2a.runspec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
     source = derangement(n_videos, sampling.seed) if shuffled else np.arange(n_videos)
     seeds = sample_seeds(sampling.seed, n_videos, sampling.samples_per_video, R)
     videos_per_batch = max(1, batch_size // K)
+    # sampling.precision: bf16 samples with bf16 weights and cache; fp32/tf32 in fp32 (the job set TF32 or not)
+    dtype = autocast_dtype(sampling.precision) or torch.float32
     with atomic_path(tokens_out) as tokens_tmp, atomic_path(mels_out) as mels_tmp:
         tokens = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=np.int16, shape=(n_videos, K, n_tokens))
         mels = None
@@ -115,7 +118,7 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
             batch_seeds = seeds[start:stop].ravel()
             cond = condition(trained_as.features, batch_feats, batch_seeds, S, gpt.config.feat_dim).to(device)
             out = sample_tokens(gpt, cond, n_tokens, top_k=sampling.top_k, temperature=sampling.temperature,
-                                seeds=batch_seeds.tolist(), cache=True)
+                                seeds=batch_seeds.tolist(), cache=True, dtype=dtype)
             tokens[start:stop] = out.view(stop - start, K, n_tokens).cpu().numpy()
             decoded = decode_tokens(codebook, out.cpu().numpy(), progress=False)
             if mels is None:

@@ -2,7 +2,7 @@
 from i2a.features.extract import extract_shard
 from i2a.jobs import start_job
 
-start_job(snakemake)
+start_job(snakemake, precision=snakemake.params.precision)
 backbone = snakemake.params.backbone
 # batch_size is throughput only: read from the config, not a param that would rerun the job
 settings = {**backbone, "batch_size": snakemake.config["backbones"][backbone["name"]]["batch_size"]}

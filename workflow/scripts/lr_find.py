@@ -4,8 +4,9 @@ from i2a.jobs import start_job
 from i2a.runspec import RunSpec
 from i2a.training.gpt import lr_find_run
 
-start_job(snakemake)
-lr_find_run(RunSpec.from_dict(snakemake.params.run),
+spec = RunSpec.from_dict(snakemake.params.run)
+start_job(snakemake, precision=spec.train.precision)
+lr_find_run(spec,
             {"train": snakemake.input.train_tokens, "valid": snakemake.input.valid_tokens},
             {"train": snakemake.input.train_features, "valid": snakemake.input.valid_features},
             snakemake.input.codebook, snakemake.output[0], snakemake.params.settings,

@@ -4,6 +4,7 @@ Snakemake's retry of the rule trains the next segment (docs/cluster.md). Elsewhe
 import os
 import sys
 import time
+from pathlib import Path
 
 started = time.time()
 
@@ -12,8 +13,8 @@ from i2a.runspec import RunSpec  # noqa: E402
 from i2a.training.gpt import train_run  # noqa: E402
 from i2a.training.segments import SEGMENT_EXIT, SegmentDone, deadline_from_runtime  # noqa: E402
 
-log = start_job(snakemake)
 spec = RunSpec.from_dict(snakemake.params.run)
+log = start_job(snakemake, precision=spec.train.precision)
 if spec.train.gpus > 1:  # the job's CPUs are shared by one training process per GPU
     import torch
 
@@ -26,7 +27,9 @@ try:
               snakemake.output.summary, feature_stats=(snakemake.input.stats or [None])[0],
               loader=snakemake.config["loader"], lr_find=(snakemake.input.lr_find or [None])[0],
               deadline=deadline_from_runtime(snakemake.resources.runtime if os.environ.get("SLURM_JOB_ID") else None,
-                                             started))
+                                             started),
+              # cosmetic, read from the config (not a param: changing it reruns nothing): curves beside the job's log
+              logger=snakemake.config["logger"], curves_dir=Path(str(snakemake.log[0])).with_suffix(".curves"))
 except SegmentDone as stop:
     log.warning("%s; exit status %d", stop, SEGMENT_EXIT)
     sys.exit(SEGMENT_EXIT)

@@ -26,9 +26,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from i2a.atomic import copy_file, write_text
 from i2a.models.gpt import CKPT_FORMAT, GPT, sample_frame_indices
+from i2a.precision import set_precision
 from i2a.runspec import RunSpec
 from i2a.training.curves import curve_summary
-from i2a.training.loop import EpochSampler, TrainingState, fingerprint, fit, metrics_writer, save_best
+from i2a.training.loop import (EpochSampler, TrainingState, fingerprint, fit, metrics_writer, quiet_lightning,
+                               save_best)
 from i2a.training.segments import SegmentDone, deadline_callback
 
 log = logging.getLogger(__name__)
@@ -175,15 +177,27 @@ class GPTModule(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Dropout masks seeded per (seed, epoch, batch, rank), not drawn from one global stream that other
         # consumers (DataLoader iterators) also touch: a resumed run then trains exactly as an uninterrupted one.
+        # Only the generators this rank's dropout draws from are seeded, with what torch.manual_seed would give them:
+        # torch.manual_seed also queues a seed for every other device type, with a Python stack trace each while
+        # that device is not initialised (3 ms a step on a CPU).
         key = [self.spec.train.seed, self.current_epoch, batch_idx, self.global_rank]
-        torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1))
+        seed = int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
 
     def training_step(self, batch, batch_idx):
+        # summed on the device, no self.log (its bookkeeping costs more than a tiny model's step): no host
+        # synchronisation per step; the epoch's mean is read at the end of the epoch and by progress lines
         loss, n = self._loss(batch)
-        self._sums[0] += loss.detach() * n  # summed on the device: no host synchronisation per step
+        self._sums[0] += loss.detach() * n
         self._sums[1] += n
-        self.log("train_loss", loss, batch_size=n)
         return loss
+
+    def train_loss_so_far(self) -> float | None:
+        """The mean training loss of this epoch so far on this rank (a host synchronisation: for progress lines)."""
+        total, n = self._sums[:2].tolist()
+        return total / n if n else None
 
     def validation_step(self, batch, batch_idx):
         loss, n = self._loss(batch)
@@ -196,12 +210,13 @@ class GPTModule(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         sums = self.trainer.strategy.reduce(self._sums.clone(), reduce_op="sum").cpu()
         val_loss = float(sums[2] / max(sums[3], 1))
-        self.log("val_loss", val_loss, sync_dist=False)
         row = {"epoch": self.current_epoch, "train_loss": float(sums[0] / max(sums[1], 1)), "val_loss": val_loss,
                "lr": self._epoch_lr}
+        # val_loss for the LR scheduler and early stopping; all three for the curves (config `logger:`)
+        self.log_dict({"val_loss": val_loss, "epoch_train_loss": row["train_loss"], "lr": row["lr"]}, sync_dist=False)
         self.history.append(row)
-        log.info("epoch %d: train_loss %.4f val_loss %.4f lr %.3g", row["epoch"], row["train_loss"],
-                 row["val_loss"], row["lr"])
+        log.info("epoch %d/%d done: train_loss %.4f val_loss %.4f lr %.3g", row["epoch"] + 1,
+                 self.spec.train.max_epochs, row["train_loss"], row["val_loss"], row["lr"])
         if self.trainer.is_global_zero:
             self.write_metrics(self.history)
         if val_loss < self.best_val_loss:
@@ -261,7 +276,8 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
               inputs: Sequence[str | Path] = (), codebook: dict[str, Any] | None = None,
               feature_stats: dict[str, np.ndarray] | None = None, accelerator: str = "auto",
               loader: dict[str, Any] | None = None, log_every: int = 50, callbacks: Sequence[Any] = (),
-              deadline: float | None = None) -> dict[str, Any]:
+              deadline: float | None = None, logger: str = "none", curves_dir: str | Path | None = None
+              ) -> dict[str, Any]:
     """Train the run's transformer in `state_dir` (resuming what a killed job left there), keeping
     `best.ckpt` (the best validation epoch, self-describing) and `metrics.csv` (one row per epoch).
 
@@ -269,6 +285,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
     training settings: change either and training starts over. Returns `curve_summary` plus the checkpoint path,
     the LR used and the parameter count. `callbacks` are extra Lightning callbacks (e.g. for tests). With a
     `deadline` (time.time()) training stops at an epoch's end before it and raises `SegmentDone` (segments).
+    `logger` (none, csv or tensorboard: config `logger:`) writes curves into `curves_dir` while training runs.
     """
     for name, ds in (("train", train_ds), ("valid", valid_ds)):
         if ds.S != spec.feat_sample_size or ds.feat_dim != spec.model.feat_dim:
@@ -279,6 +296,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
                              f"{spec.n_tokens} (a different codebook or audio crop?)")
     state = TrainingState(state_dir, fingerprint(inputs, spec.training_view()))
     train = spec.train
+    set_precision(train.precision)  # TF32 or not; Lightning's precision below only sets the autocast
     pl.seed_everything(train.seed, workers=True, verbose=False)  # model init
     module = GPTModule(spec, train_ds, valid_ds, state, codebook, feature_stats, loader)
     n_params = sum(p.numel() for p in module.transformer.parameters())
@@ -298,7 +316,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
 
     trainer = fit(module, state, max_epochs=train.max_epochs, accelerator=accelerator, devices=train.gpus,
                   strategy="ddp" if train.gpus > 1 else "auto", precision=train.lightning_precision,
-                  callbacks=cbs, log_every=log_every, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
+                  callbacks=cbs, log_every=log_every, logger=logger, curves_dir=curves_dir, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
                   plugins=[LightningEnvironment()] if train.gpus > 1 else [])
     if segment is not None and segment.stopped:
         raise SegmentDone(trainer.current_epoch, train.max_epochs)
@@ -330,10 +348,12 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
               codebook_ckpt: str | Path, state_dir: str | Path, best_out: str | Path, metrics_out: str | Path,
               summary_out: str | Path, feature_stats: str | Path | None = None,
               loader: dict[str, Any] | None = None, lr_find: str | Path | None = None,
-              deadline: float | None = None) -> dict[str, Any]:
+              deadline: float | None = None, logger: str = "none", curves_dir: str | Path | None = None
+              ) -> dict[str, Any]:
     """The workflow's train_gpt job: train on the run's token and feature shards ({'train': [...], 'valid':
     [...]}), then publish the best checkpoint, the metrics and a summary under their final names. A run with
-    `base_lr: auto` takes its base LR from the LR finder's result (`lr_find`, runs/<run>/lr_find.json)."""
+    `base_lr: auto` takes its base LR from the LR finder's result (`lr_find`, runs/<run>/lr_find.json). `logger`
+    and `curves_dir`: curves to watch while it runs (cosmetic, config `logger:`)."""
     from i2a.models.codebook import codebook_fingerprint
 
     spec = resolve_base_lr(spec, lr_find)
@@ -343,12 +363,14 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
     if feature_stats is not None:
         inputs.append(feature_stats)
     summary = train_gpt(spec, train_ds, valid_ds, state_dir, inputs=inputs, codebook=codebook_fingerprint(codebook_ckpt),
-                        feature_stats=load_feature_stats(feature_stats), loader=loader, deadline=deadline)
+                        feature_stats=load_feature_stats(feature_stats), loader=loader, deadline=deadline,
+                        logger=logger, curves_dir=curves_dir)
     state = Path(state_dir)
     copy_file(state / "best.ckpt", best_out)
     copy_file(state / "metrics.csv", metrics_out)
     write_text(summary_out, json.dumps({**summary, "run": spec.training_view()}, indent=2))
-    log.info("best epoch %s, val loss %.4f, overfit %s", summary["best_epoch"], summary["best_val_loss"],
+    log.info("best epoch %d (counted from 1), val loss %.4f, overfit %s", summary["best_epoch"] + 1,
+             summary["best_val_loss"],
              summary["overfit"])
     return summary
 
@@ -372,16 +394,18 @@ def find_learning_rate(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset
     from lightning.pytorch.tuner import Tuner
 
     train = spec.train
+    set_precision(train.precision)
     probe = spec if train.base_lr != "auto" else spec.with_base_lr(min_lr)  # the finder sets the LR itself
     pl.seed_everything(train.seed, workers=True, verbose=False)  # the same initial weights as the run
     with tempfile.TemporaryDirectory(prefix="lr_find.") as tmp:
         module = GPTModule(probe, train_ds, valid_ds, TrainingState(tmp, {}), codebook, feature_stats, loader)
-        trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=train.lightning_precision, max_epochs=-1,
-                             accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
-                             default_root_dir=tmp, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
-        finder = Tuner(trainer).lr_find(module, min_lr=min_lr, max_lr=max_lr, num_training=steps,
-                                        mode="exponential", update_attr=False)
+        with quiet_lightning():
+            trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=train.lightning_precision,
+                                 max_epochs=-1, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
+                                 default_root_dir=tmp, logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+            finder = Tuner(trainer).lr_find(module, min_lr=min_lr, max_lr=max_lr, num_training=steps,
+                                            mode="exponential", update_attr=False)
     suggested = finder.suggestion()
     lrs, losses = [float(x) for x in finder.results["lr"]], [float(x) for x in finder.results["loss"]]
     result = {"run": spec.name, "suggested_lr": suggested,

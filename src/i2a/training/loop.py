@@ -15,10 +15,12 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -164,24 +166,121 @@ def metrics_writer(path: str | os.PathLike, fields: Sequence[str] | None = None)
     return write
 
 
-def progress_callback(every: int):
-    """Plain log lines (no carriage returns) so that cluster log files show where training is."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# The training logger (config `logger:`): curves to watch while a job runs. Cosmetic: never part of a result.
+LOGGERS = ("none", "csv", "tensorboard")
+
+
+def curve_logger(kind: str, folder: str | os.PathLike | None):
+    """Lightning's logger for `kind` writing into `folder` (csv: folder/metrics.csv, rewritten as rows come), or
+    None for `none`. Used by the progress callback directly, not given to the Trainer: Lightning would count
+    epochs from 0 in it and do logging work every step."""
+    if kind not in LOGGERS:
+        raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {kind!r}")
+    if kind == "none" or folder is None:
+        return None
+    from importlib.util import find_spec
+
+    from lightning.pytorch import loggers
+
+    if kind == "csv":
+        return loggers.CSVLogger(save_dir=str(folder), name="", version="", flush_logs_every_n_steps=1)
+    if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+        raise RuntimeError("logger: tensorboard needs the `tensorboard` package, which this environment does not "
+                           "have: install it (uv pip install tensorboard) or set logger: csv (or none)")
+    return loggers.TensorBoardLogger(save_dir=str(folder), name="", version="")
+
+
+def progress_callback(every: int, curves=None):
+    """Plain log lines (no carriage returns) so that cluster log files show where training is: the epoch counted
+    from 1 (as the table counts it), the batch, the share of the epoch done, the loss, the rate and the time left
+    of the epoch and of the run (at most: early stopping may end it sooner). The loss is the module's
+    `train_loss_so_far()` where it has one (the only host synchronisation, every `every` batches), else the last
+    `train_loss` the module logged. `curves` (a `curve_logger`) also gets the loss of each progress line and, at
+    each validation's end, what the module logged (val_loss ...), all with the epoch counted from 1."""
     pl = _lightning()
 
+    def write_curves(trainer, metrics: dict[str, float]) -> None:
+        if curves is not None and trainer.is_global_zero and not trainer.sanity_checking:
+            curves.log_metrics({"epoch": trainer.current_epoch + 1, **metrics}, step=trainer.global_step)
+            curves.save()
+
     class LogProgress(pl.Callback):
+        epoch_seconds: float | None = None  # the last whole epoch's wall time, validation and checkpoint included
+
         def on_train_epoch_start(self, trainer, pl_module):
-            self.t0 = time.time()
+            now = time.time()
+            if getattr(self, "epoch_started", None) is not None:
+                self.epoch_seconds = now - self.epoch_started
+            self.epoch_started = self.t0 = now
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            n = trainer.num_training_batches
-            if (batch_idx + 1) % every == 0 or batch_idx + 1 == n:
-                rate = (batch_idx + 1) / max(time.time() - self.t0, 1e-9)
+            n, done = trainer.num_training_batches, batch_idx + 1
+            if done % every and done != n:
+                return
+            elapsed = max(time.time() - self.t0, 1e-9)
+            rate = done / elapsed
+            if hasattr(pl_module, "train_loss_so_far"):
+                loss = pl_module.train_loss_so_far()
+            else:
                 loss = trainer.callback_metrics.get("train_loss")
-                shown = f" loss {float(loss):.4f}" if loss is not None else ""
-                log.info("epoch %d/%d batch %d/%s%s (%.2f batches/s)", trainer.current_epoch + 1, trainer.max_epochs,
-                         batch_idx + 1, n if math.isfinite(n) else "?", shown, rate)
+                loss = None if loss is None else float(loss)
+            shown = f" loss {loss:.4f}" if loss is not None else ""
+            if loss is not None:
+                write_curves(trainer, {"train_loss": loss})
+            if not math.isfinite(n):
+                log.info("epoch %d batch %d%s (%.2f batches/s)", trainer.current_epoch + 1, done, shown, rate)
+                return
+            epoch_left = (n - done) / rate
+            epochs_left = max(0, (trainer.max_epochs or 0) - trainer.current_epoch - 1) if trainer.max_epochs else 0
+            run_left = epoch_left + epochs_left * (self.epoch_seconds or n / rate)
+            log.info("epoch %d/%s batch %d/%d (%d%%)%s, %.2f batches/s, ETA epoch %s, run %s",
+                     trainer.current_epoch + 1, trainer.max_epochs if trainer.max_epochs not in (None, -1) else "?",
+                     done, n, 100 * done // n, shown, rate, _duration(epoch_left), _duration(run_left))
+
+        def on_validation_end(self, trainer, pl_module):
+            write_curves(trainer, {k: float(v) for k, v in trainer.callback_metrics.items()
+                                   if k != "train_loss" and getattr(v, "numel", lambda: 1)() == 1})
+
+        def on_fit_end(self, trainer, pl_module):
+            if curves is not None and trainer.is_global_zero:
+                curves.finalize("success")
 
     return LogProgress()
+
+
+# What Lightning prints that is noise in a job's log: adverts for its cloud products, a hint to start the job with
+# srun (train_gpt starts its ranks itself, see gpt.train_gpt), its own use of an API that torch deprecated, and
+# the warning that the state folder (which holds last.ckpt by design) is not empty. Matched from the start.
+LIGHTNING_NOISE = (r"💡 Tip: ", r".*The `srun` command is available on your system but is not used",
+                   r".*`isinstance\(treespec, LeafSpec\)` is deprecated", r".*exists and is not empty")
+_NOISE = re.compile("|".join(f"(?:{p})" for p in LIGHTNING_NOISE))
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class DropLightningNoise(logging.Filter):
+    """A logging filter: drops the messages of LIGHTNING_NOISE, lets everything else through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _NOISE.match(record.getMessage()) is None
+
+
+@contextmanager
+def quiet_lightning():
+    """Within: Lightning's known noise filtered (its info messages through a logging filter on the loggers that
+    Lightning's rank-zero messages use, its warnings by these messages only); every other message stays."""
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropLightningNoise) for f in logger.filters):
+            logger.addFilter(DropLightningNoise())
+    with warnings.catch_warnings():
+        for pattern in LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
 
 
 def _ensure_log_handler() -> None:
@@ -196,11 +295,13 @@ def _ensure_log_handler() -> None:
 
 def fit(module, state: TrainingState, *, max_epochs: int, accelerator: str = "auto", devices: int = 1,
         strategy: str = "auto", precision: str = "32-true", callbacks: Sequence[Any] = (), plugins: Sequence[Any] = (),
-        log_every: int = 50, **trainer_kwargs) -> Any:
+        log_every: int = 50, logger: str = "none", curves_dir: str | os.PathLike | None = None,
+        **trainer_kwargs) -> Any:
     """Train `module` to `max_epochs`, resuming from the state folder; `last.ckpt` is written after every epoch.
 
     The module keeps its own best result in `state.best` (see `save_best`); callers publish it when training is
-    done. Returns the Trainer (None when the state folder says training already finished).
+    done. Returns the Trainer (None when the state folder says training already finished). `logger` (config
+    `logger:`, cosmetic) writes curves into `curves_dir` as training goes.
     """
     pl = _lightning()
     _ensure_log_handler()
@@ -210,18 +311,21 @@ def fit(module, state: TrainingState, *, max_epochs: int, accelerator: str = "au
         return None
     if resume is not None:
         meta = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)
-        log.info("resuming from %s (epoch %d, step %d)", resume, meta["epoch"], meta["global_step"])
+        log.info("resuming from %s (epoch %d done, step %d)", resume, meta["epoch"] + 1, meta["global_step"])
         del meta
+    curves = curve_logger(logger, curves_dir)
+    if curves is not None:
+        log.info("curves (logger %s) in %s", logger, curves.log_dir)
     last = pl.callbacks.ModelCheckpoint(dirpath=state.folder, filename=Path(LAST).stem, save_top_k=1,
                                         enable_version_counter=False, every_n_epochs=1, save_on_train_epoch_end=True)
-    trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy=strategy, precision=precision, max_epochs=max_epochs,
-        callbacks=[last, progress_callback(max(1, log_every)), *callbacks], plugins=[atomic_checkpoint_io(), *plugins],
-        default_root_dir=state.folder, logger=False, enable_progress_bar=sys.stderr.isatty(),
-        enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs)
     t0 = time.time()
-    with warnings.catch_warnings():  # the state folder holds last.ckpt by design
-        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=devices, strategy=strategy, precision=precision, max_epochs=max_epochs,
+            callbacks=[last, progress_callback(max(1, log_every), curves), *callbacks],
+            plugins=[atomic_checkpoint_io(), *plugins], default_root_dir=state.folder, logger=False,
+            enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, num_sanity_val_steps=0,
+            **trainer_kwargs)
         trainer.fit(module, ckpt_path=resume)
     log.info("training took %.1f s", time.time() - t0)
     return trainer

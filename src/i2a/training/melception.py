@@ -203,7 +203,7 @@ class MelceptionModule(pl.LightningModule):
         self._train_loss = []
         self.history.append(row)
         self.log("valid_loss", valid_loss)
-        log.info("melception epoch %d: train loss %.4f, valid loss %.4f, valid acc %.3f (%.1fs)", row["epoch"],
+        log.info("melception epoch %d: train loss %.4f, valid loss %.4f, valid acc %.3f (%.1fs)", row["epoch"] + 1,
                  row["train_loss"], valid_loss, valid_acc, time.time() - self._t0)
         if valid_loss < self.best["valid_loss"]:
             self.best = {"valid_loss": valid_loss, "valid_acc": valid_acc, "epoch": self.current_epoch}
@@ -272,7 +272,7 @@ def train_melception(train_mels: np.ndarray, train_labels: Sequence, valid_mels:
         state.mark_done({"best": module.best, "history": module.history})
     state.publish(BEST, out_path)
     best, history = state.done["best"], state.done["history"]
-    log.info("melception: best epoch %d (valid loss %.4f, acc %.3f) saved to %s", best["epoch"],
+    log.info("melception: best epoch %d (valid loss %.4f, acc %.3f) saved to %s", best["epoch"] + 1,
              best["valid_loss"], best.get("valid_acc", float("nan")), out_path)
     return {**best, "seconds": time.time() - module._t0, "epochs_run": len(history), "history": history,
             "class_names": class_names, "width": cfg.width, "feature_dim": module.model.feature_dim}
