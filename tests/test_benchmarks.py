@@ -25,6 +25,8 @@ SMALLEST = {
     "rehearsal_memory.py": (["--logs", "{tmp}/logs", "--configfile", "config/rehearsal.yaml", "--no-full-study"], False),
     "sampling.py": (["--layers", "1", "--batch", "1", "--tokens", "3", "--feat-sample-size", "2", "--repeats", "1",
                      "--threads", "1", "--device", "cpu"], False),
+    "train_step.py": (["--sizes", "tiny", "--batch", "2", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                       "--device", "cpu"], False),
     "scoring.py": (["--videos", "8", "--samples", "2", "--dim", "16", "--boot", "2"], False),
 }
 
