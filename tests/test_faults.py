@@ -345,6 +345,49 @@ def test_bad_values_stop_before_any_job_naming_the_key(tmp_path, edit, key):
         assert str(tmp_path) in str(error.value)
 
 
+def _set_run(key, value):
+    return lambda c: c["runs"][0].update({key: value})
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c.update(results=""), "results"), (lambda c: c.update(results="/"), "results"),
+    (lambda c: c.update(logs=""), "logs"), (lambda c: c.update(logs="//"), "logs"),
+    (lambda c: c["sampling"].update(temperature=float("nan")), "sampling.temperature"),
+    (lambda c: c["sampling"].update(temperature=1e-300), "sampling.temperature"),
+    (_set_run("base_lr", float("nan")), "runs[0].base_lr"), (_set_run("weight_decay", float("nan")), "runs[0].weight_decay"),
+    (_set_run("dropout", float("nan")), "runs[0].dropout"), (lambda c: c["audio"].update(fmax=float("nan")), "audio.fmax"),
+    (lambda c: c["audio"].update(seconds=float("inf")), "audio.seconds"),
+    (_set_run("seed", -1), "runs[0].seed"), (_set_run("seed", 2 ** 32), "runs[0].seed"),
+    (lambda c: c["sampling"].update(seed=-1), "sampling.seed"), (lambda c: c["metrics"].update(bootstrap=0), "metrics.bootstrap"),
+    (lambda c: c["sampling"].update(samples_per_video=10 ** 9), "sampling.samples_per_video"),
+    (_set_run("samples_per_video", 10 ** 9), "runs[0].samples_per_video"),
+    (_set_run("name", "reconstruction"), "runs[0].name"),
+], ids=["results-empty", "results-root", "logs-empty", "logs-root", "temperature-nan", "temperature-underflow",
+        "base-lr-nan", "weight-decay-nan", "dropout-nan", "fmax-nan", "seconds-inf", "seed-negative", "seed-2**32",
+        "sampling-seed-negative", "bootstrap-0", "samples-per-video-1e9", "run-samples-per-video-1e9",
+        "run-named-like-the-ceiling-row"])
+def test_values_that_passed_the_checks_and_failed_late_are_refused_at_planning(edit, key):
+    """Issue 26.4, 11-13: each was accepted, then planned /table.csv at the root, sampled one constant code (NaN,
+    1e-300), failed in a job (seeds, bootstrap 0, 6 GB of seeds) or lost its row to the ceiling's."""
+    import re
+
+    from i2a.config import ConfigError, validate_config
+
+    config = _demo_config()
+    edit(config)
+    with pytest.raises(ConfigError, match=re.escape(f"config key {key}")):
+        validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
+
+
+def test_the_largest_seed_and_smallest_temperature_are_accepted():
+    from i2a.config import MIN_TEMPERATURE, validate_config
+
+    config = _demo_config()
+    config["runs"][0]["seed"], config["sampling"]["seed"] = 2 ** 32 - 1, 0
+    config["sampling"]["temperature"], config["metrics"]["bootstrap"] = MIN_TEMPERATURE, 1
+    validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
+
+
 def test_a_learning_rate_written_2e_4_is_read_as_the_number(tmp_path):
     from i2a.config import validate_config
 
