@@ -100,6 +100,44 @@ def test_a_trained_gpt_is_not_returned_after_its_features_changed(tmp_path, tiny
     assert any("changed since" in r.getMessage() and "codebook.ckpt" in r.getMessage() for r in caplog.records)
 
 
+def test_a_changed_training_code_trains_afresh_and_a_finished_state_is_handed_back_with_a_warning(
+        tmp_path, tiny_codebook, caplog, monkeypatch):
+    """Issue 26.5: after an edit of the training module a forced rerun said 'training finished: nothing to do' and
+    republished the old model. Issue 24.5: a forced rerun (snakemake -f) of unchanged code and inputs hands back the
+    finished state: it says so, and how to train again (delete the state folder)."""
+    import i2a.training.gpt as trainer
+
+    (tmp_path / "code").mkdir()
+    part = tmp_path / "code" / "i2a_trainer_part.py"  # stands in for a module of the training code
+    part.write_text("LOSS_SCALE = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    monkeypatch.setattr(trainer, "TRAINING_CODE", (*trainer.TRAINING_CODE, "i2a_trainer_part"))
+    caplog.set_level(logging.INFO, logger="i2a.training")
+    files = _shards(tmp_path / "data", seed=0)
+    _train_run(files, tiny_codebook, tmp_path / "run")
+
+    caplog.clear()  # a forced rerun of the same code and inputs: handed back, with a warning saying how to retrain
+    _train_run(files, tiny_codebook, tmp_path / "run")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("says training finished" in m and f"delete {tmp_path / 'run' / 'state'}" in m for m in warned), warned
+
+    caplog.clear()  # the training code changed: the state is set aside and the run trains from scratch
+    part.write_text("LOSS_SCALE = 2.0\n")
+    _train_run(files, tiny_codebook, tmp_path / "run")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("changed since" in m and "training code (i2a_trainer_part)" in m for m in messages), messages
+    assert not any("says training finished" in m for m in messages)
+    assert (tmp_path / "run" / "state.stale").is_dir()
+
+    caplog.clear()  # deleting the state folder, as the warning says, trains again
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "state")
+    _train_run(files, tiny_codebook, tmp_path / "run")
+    assert not any("says training finished" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "run" / "state" / "done.json").is_file()
+
+
 def test_a_truncated_last_checkpoint_is_set_aside_and_training_restarts(tmp_path, tiny_codebook, caplog):
     """Issue 12.2: a last.ckpt cut short by a dying node made every later attempt fail with 'PytorchStreamReader
     failed reading zip archive'."""
