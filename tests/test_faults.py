@@ -325,6 +325,32 @@ def test_a_large_video_is_scaled_while_decoding(tmp_path):
     assert full.shape[1:3] == (512, 640) and small.shape[1:3] == (128, 160) and len(small) == len(full)
 
 
+def test_the_ffmpeg_chain_runs_on_the_jobs_threads_and_scales_an_oversized_source_down(tmp_path, monkeypatch):
+    """Issue 26.6: preprocess_clips ran x264 at the source's resolution on automatic threads (an 8K clip: 6.1 GB on
+    2 cores, 10.7 GB with 24 threads, against the rule's 4 GB). Here a 512 x 640 clip stands in for an 8K one
+    (the bound lowered to 320 x 256 pixels)."""
+    import i2a.data.media as media
+    from i2a.data.media import preprocess_clip, read_video_frames
+
+    frames, audio = toy_clip(0.5, seed=0)
+    write_streams(tmp_path / "big.mp4", np.repeat(np.repeat(frames, 8, axis=1), 8, axis=2), audio)
+    commands = []
+    run = media._ffmpeg
+    monkeypatch.setattr(media, "_ffmpeg", lambda exe, args, step: commands.append(args) or run(exe, args, step))
+    monkeypatch.setattr(media, "MAX_CHAIN_PIXELS", 320 * 256)
+    preprocess_clip(tmp_path / "big.mp4", tmp_path / "out.mp4", tmp_path / "out.wav", seconds=1.0)
+    encodes = [args for args in commands if "libx264" in args]
+    assert len(encodes) == 2
+    for args in encodes:  # decoder and encoder threads both set (before and after the input)
+        inputs = args.index("-i")
+        assert args[args.index("-threads"):][:2] == ["-threads", "1"] and args.index("-threads") < inputs
+        assert ["-threads", "1"] == args[inputs:][args[inputs:].index("-threads"):][:2]
+    assert read_video_frames(tmp_path / "out.mp4").shape[1:3] == (256, 320)  # 512 x 640 to at most 320 x 256 pixels
+    commands.clear()
+    preprocess_clip(tmp_path / "big.mp4", tmp_path / "out2.mp4", tmp_path / "out2.wav", seconds=1.0, threads=3)
+    assert all(args.count("3") >= 2 for args in commands if "libx264" in args)
+
+
 def test_one_unreadable_clip_never_fails_its_shard(tmp_path):
     """Issue 12.6: one clip failed the whole extract_features shard; now it gets a NaN row and its reason, the
     others their features, and training leaves it out."""
