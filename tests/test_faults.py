@@ -161,6 +161,34 @@ def test_a_truncated_last_checkpoint_is_set_aside_and_training_restarts(tmp_path
     assert not [p.name for p in (tmp_path / "state").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.timeout(120)
+def test_a_killed_sample_tokens_leaves_no_part_file_after_the_next_start(tmp_path):
+    """Issue 26 (noted): a `sample_tokens` killed with kill -9 left its memory-mapped `.part` files (gigabytes for
+    the mels) beside the outputs for ever; the next start removes them."""
+    import signal
+
+    from i2a.samples import sample_run
+
+    out = tmp_path / "runs" / "tiny" / "samples"
+    writer = (f"import sys, time, numpy as np; sys.path.insert(0, {str(REPO / 'src')!r})\n"
+              "from i2a.atomic import atomic_path\n"
+              f"with atomic_path({str(out / 'tokens.npy')!r}) as t, atomic_path({str(out / 'mels.npy')!r}) as m:\n"
+              "    np.lib.format.open_memmap(t, mode='w+', dtype=np.int16, shape=(8, 4)).flush()\n"
+              "    np.lib.format.open_memmap(m, mode='w+', dtype=np.float16, shape=(8, 4)).flush()\n"
+              "    print('written', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (out / "other.npy").write_bytes(b"not ours")
+    left = sorted(p.name for p in out.iterdir() if ".part" in p.name)
+    assert len(left) == 2  # what kill -9 leaves: no cleanup runs
+    with pytest.raises(FileNotFoundError):  # the next start (here without a transformer: it stops after cleaning)
+        sample_run(_tiny_spec(), tmp_path / "missing.ckpt", tmp_path / "codebook.ckpt", [], [], out / "tokens.npy",
+                   out / "mels.npy", out / "names.txt", device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["other.npy"]
+
+
 def _banded_mels(n: int, frames: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     f = np.arange(80)[:, None]
