@@ -6,8 +6,9 @@ resumes from the state folder's `last.ckpt`, written atomically after every epoc
 uninterrupted run would have. The folder is bound to a fingerprint of everything that changes the result (the
 content of the input files, the settings, and the source of the modules that train): when it no longer matches,
 the old state is set aside and training starts from scratch. A state that says training finished is handed back
-as it is, with a warning naming the folder to delete to train again (a forced Snakemake rerun alone does not). A `last.ckpt` that cannot be read (a truncated write from before, a full disk) is
-set aside with a warning; it never makes the job fail for good.
+as it is, with a warning naming the folder to delete to train again (a forced Snakemake rerun alone does not).
+A `last.ckpt` that cannot be read (a truncated write from before, a full disk) is set aside with a warning; it
+never makes the job fail for good.
 """
 from __future__ import annotations
 
