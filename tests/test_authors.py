@@ -7,8 +7,10 @@ import copy
 import hashlib
 import io
 import pickle
+import tarfile
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -316,3 +318,34 @@ def test_the_videos_of_the_authors_clips_give_their_features_row_for_row(tmp_pat
     assert np.isfinite(feats[[0, 2]]).all() and np.isnan(feats[1]).all()
     assert list(index["status"]) == ["ok", "failed", "ok"] and "no video" in index["reason"][1]
     assert not np.allclose(feats[0], feats[2])  # each clip its own video
+
+
+def test_a_member_larger_than_a_mel_can_be_is_refused_before_it_is_read(tmp_path):
+    """A mel followed by megabytes of padding (it compresses to almost nothing) used to load as `ok`: np.load and
+    pickle stop at their end and the rest was read into memory for nothing."""
+    mels, feats, _ = toy_inputs()
+    clip = "dog/video_00004"
+    padded = npy_bytes(mels[clip]) + bytes(4 << 20)
+    (tmp_path / MELS_TAR).write_bytes(tar_bytes({"dog/video_00004_mel.npy": padded}, gzip=True))
+    assert (tmp_path / MELS_TAR).stat().st_size < 1 << 20
+    table = pd.DataFrame({"clip": [clip], "class": ["dog"]})
+    manifest = authors.import_mels_shard(table, [tmp_path / MELS_TAR], tmp_path / "shard")
+    assert list(manifest["status"]) == ["skipped"] and "more than a mel file can be" in manifest["reason"][0]
+    big_feats = pickle.dumps(feats[clip]) + bytes(8 << 20)
+    (tmp_path / FEATS_TAR).write_bytes(tar_bytes({"video_00004.pkl": big_feats}, gzip=True))
+    with pytest.raises(authors.MemberTooLarge, match="more than a feature file can be"):
+        authors.open_tars([tmp_path / FEATS_TAR], authors.RESNET50)["dog"].read(clip)
+
+
+@pytest.mark.timeout(60)
+def test_a_tar_member_with_a_negative_size_is_refused_not_looped_on(tmp_path):
+    """CVE-2025-8194: a header of size -512 sends Python 3.11's tarfile back to the same header, forever."""
+    raw = tar_bytes({f"{c.split('/')[1]}_mel.npy": npy_bytes(np.zeros((80, 860), np.float32)) for c in CLIPS[:2]})
+    at = tarfile.open(fileobj=io.BytesIO(raw)).getmembers()[1].offset  # the second header: the first is not looped
+    data = bytearray(raw)
+    data[at + 124:at + 136] = b"\xff" + (256 ** 11 - 512).to_bytes(11, "big")  # base-256 size field: -512
+    data[at + 148:at + 156] = b" " * 8
+    data[at + 148:at + 156] = b"%06o\0 " % sum(data[at:at + 512])  # its header checksum, recomputed
+    (tmp_path / MELS_TAR).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="negative size"):
+        authors.open_tars([tmp_path / MELS_TAR], authors.MELS)

@@ -200,3 +200,24 @@ def test_a_changed_file_says_exactly_what_to_delete(tmp_path):
     with pytest.raises(DownloadError, match="configured .*moved aside"):
         record_or_check_md5(path, "0" * 32)
     assert not path.exists() and (tmp_path / "VAS.zip.bad").exists()
+
+
+@pytest.mark.parametrize("action", ["file:///etc/hostname#", "http://files.example.org/download", "ftp://127.0.0.1/x"])
+def test_a_confirmation_form_is_followed_only_to_the_expected_hosts_over_http_s(tmp_path, action):
+    """A page whose form leads to a local file (file://), another host or another scheme is not followed: it used
+    to copy the local file into resources/ and log its MD5."""
+    page = (f'<html><form action="{action}"><input type="hidden" name="id" value="abc"></form></html>').encode()
+    with serve(lambda path, range_header: (200, page, "text/html")) as base:
+        with pytest.raises(DownloadError, match="not following"):
+            download(f"{base}/uc?id=abc", tmp_path / "VAS.zip", retries=2)  # the page, then what it leads to
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_https_download_is_not_confirmed_over_http():
+    from i2a.download import followable_confirmation
+
+    drive = "https://drive.google.com/uc?id=abc"
+    assert followable_confirmation(drive, "https://drive.usercontent.google.com/download?id=abc")
+    assert not followable_confirmation(drive, "http://drive.usercontent.google.com/download?id=abc")
+    assert not followable_confirmation(drive, "https://drive.google.com.example.org/download?id=abc")
+    assert followable_confirmation("http://127.0.0.1:8000/uc", "http://127.0.0.1:8000/download?id=abc")

@@ -100,6 +100,44 @@ def test_a_trained_gpt_is_not_returned_after_its_features_changed(tmp_path, tiny
     assert any("changed since" in r.getMessage() and "codebook.ckpt" in r.getMessage() for r in caplog.records)
 
 
+def test_a_changed_training_code_trains_afresh_and_a_finished_state_is_handed_back_with_a_warning(
+        tmp_path, tiny_codebook, caplog, monkeypatch):
+    """Issue 26.5: after an edit of the training module a forced rerun said 'training finished: nothing to do' and
+    republished the old model. Issue 24.5: a forced rerun (snakemake -f) of unchanged code and inputs hands back the
+    finished state: it says so, and how to train again (delete the state folder)."""
+    import i2a.training.gpt as trainer
+
+    (tmp_path / "code").mkdir()
+    part = tmp_path / "code" / "i2a_trainer_part.py"  # stands in for a module of the training code
+    part.write_text("LOSS_SCALE = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    monkeypatch.setattr(trainer, "TRAINING_CODE", (*trainer.TRAINING_CODE, "i2a_trainer_part"))
+    caplog.set_level(logging.INFO, logger="i2a.training")
+    files = _shards(tmp_path / "data", seed=0)
+    _train_run(files, tiny_codebook, tmp_path / "run")
+
+    caplog.clear()  # a forced rerun of the same code and inputs: handed back, with a warning saying how to retrain
+    _train_run(files, tiny_codebook, tmp_path / "run")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("says training finished" in m and f"delete {tmp_path / 'run' / 'state'}" in m for m in warned), warned
+
+    caplog.clear()  # the training code changed: the state is set aside and the run trains from scratch
+    part.write_text("LOSS_SCALE = 2.0\n")
+    _train_run(files, tiny_codebook, tmp_path / "run")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("changed since" in m and "training code (i2a_trainer_part)" in m for m in messages), messages
+    assert not any("says training finished" in m for m in messages)
+    assert (tmp_path / "run" / "state.stale").is_dir()
+
+    caplog.clear()  # deleting the state folder, as the warning says, trains again
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "state")
+    _train_run(files, tiny_codebook, tmp_path / "run")
+    assert not any("says training finished" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "run" / "state" / "done.json").is_file()
+
+
 def test_a_truncated_last_checkpoint_is_set_aside_and_training_restarts(tmp_path, tiny_codebook, caplog):
     """Issue 12.2: a last.ckpt cut short by a dying node made every later attempt fail with 'PytorchStreamReader
     failed reading zip archive'."""
@@ -121,6 +159,34 @@ def test_a_truncated_last_checkpoint_is_set_aside_and_training_restarts(tmp_path
     assert any("cannot be read" in r.getMessage() and "from scratch" in r.getMessage() for r in caplog.records)
     # checkpoints are written under a temporary name and renamed: no temporary file is left behind
     assert not [p.name for p in (tmp_path / "state").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_sample_tokens_leaves_no_part_file_after_the_next_start(tmp_path):
+    """Issue 26 (noted): a `sample_tokens` killed with kill -9 left its memory-mapped `.part` files (gigabytes for
+    the mels) beside the outputs for ever; the next start removes them."""
+    import signal
+
+    from i2a.samples import sample_run
+
+    out = tmp_path / "runs" / "tiny" / "samples"
+    writer = (f"import sys, time, numpy as np; sys.path.insert(0, {str(REPO / 'src')!r})\n"
+              "from i2a.atomic import atomic_path\n"
+              f"with atomic_path({str(out / 'tokens.npy')!r}) as t, atomic_path({str(out / 'mels.npy')!r}) as m:\n"
+              "    np.lib.format.open_memmap(t, mode='w+', dtype=np.int16, shape=(8, 4)).flush()\n"
+              "    np.lib.format.open_memmap(m, mode='w+', dtype=np.float16, shape=(8, 4)).flush()\n"
+              "    print('written', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (out / "other.npy").write_bytes(b"not ours")
+    left = sorted(p.name for p in out.iterdir() if ".part" in p.name)
+    assert len(left) == 2  # what kill -9 leaves: no cleanup runs
+    with pytest.raises(FileNotFoundError):  # the next start (here without a transformer: it stops after cleaning)
+        sample_run(_tiny_spec(), tmp_path / "missing.ckpt", tmp_path / "codebook.ckpt", [], [], out / "tokens.npy",
+                   out / "mels.npy", out / "names.txt", device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == ["other.npy"]
 
 
 def _banded_mels(n: int, frames: int, seed: int) -> np.ndarray:
@@ -287,6 +353,32 @@ def test_a_large_video_is_scaled_while_decoding(tmp_path):
     assert full.shape[1:3] == (512, 640) and small.shape[1:3] == (128, 160) and len(small) == len(full)
 
 
+def test_the_ffmpeg_chain_runs_on_the_jobs_threads_and_scales_an_oversized_source_down(tmp_path, monkeypatch):
+    """Issue 26.6: preprocess_clips ran x264 at the source's resolution on automatic threads (an 8K clip: 6.1 GB on
+    2 cores, 10.7 GB with 24 threads, against the rule's 4 GB). Here a 512 x 640 clip stands in for an 8K one
+    (the bound lowered to 320 x 256 pixels)."""
+    import i2a.data.media as media
+    from i2a.data.media import preprocess_clip, read_video_frames
+
+    frames, audio = toy_clip(0.5, seed=0)
+    write_streams(tmp_path / "big.mp4", np.repeat(np.repeat(frames, 8, axis=1), 8, axis=2), audio)
+    commands = []
+    run = media._ffmpeg
+    monkeypatch.setattr(media, "_ffmpeg", lambda exe, args, step: commands.append(args) or run(exe, args, step))
+    monkeypatch.setattr(media, "MAX_CHAIN_PIXELS", 320 * 256)
+    preprocess_clip(tmp_path / "big.mp4", tmp_path / "out.mp4", tmp_path / "out.wav", seconds=1.0)
+    encodes = [args for args in commands if "libx264" in args]
+    assert len(encodes) == 2
+    for args in encodes:  # decoder and encoder threads both set (before and after the input)
+        inputs = args.index("-i")
+        assert args[args.index("-threads"):][:2] == ["-threads", "1"] and args.index("-threads") < inputs
+        assert ["-threads", "1"] == args[inputs:][args[inputs:].index("-threads"):][:2]
+    assert read_video_frames(tmp_path / "out.mp4").shape[1:3] == (256, 320)  # 512 x 640 to at most 320 x 256 pixels
+    commands.clear()
+    preprocess_clip(tmp_path / "big.mp4", tmp_path / "out2.mp4", tmp_path / "out2.wav", seconds=1.0, threads=3)
+    assert all(args.count("3") >= 2 for args in commands if "libx264" in args)
+
+
 def test_one_unreadable_clip_never_fails_its_shard(tmp_path):
     """Issue 12.6: one clip failed the whole extract_features shard; now it gets a NaN row and its reason, the
     others their features, and training leaves it out."""
@@ -345,6 +437,52 @@ def test_bad_values_stop_before_any_job_naming_the_key(tmp_path, edit, key):
         assert str(tmp_path) in str(error.value)
 
 
+def _set_run(key, value):
+    return lambda c: c["runs"][0].update({key: value})
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c.update(results=""), "results"), (lambda c: c.update(results="/"), "results"),
+    (lambda c: c.update(logs=""), "logs"), (lambda c: c.update(logs="//"), "logs"),
+    (lambda c: c["sampling"].update(temperature=float("nan")), "sampling.temperature"),
+    (lambda c: c["sampling"].update(temperature=1e-300), "sampling.temperature"),
+    (_set_run("base_lr", float("nan")), "runs[0].base_lr"),
+    (_set_run("weight_decay", float("nan")), "runs[0].weight_decay"),
+    (_set_run("dropout", float("nan")), "runs[0].dropout"),
+    (lambda c: c["audio"].update(fmax=float("nan")), "audio.fmax"),
+    (lambda c: c["audio"].update(seconds=float("inf")), "audio.seconds"),
+    (_set_run("seed", -1), "runs[0].seed"), (_set_run("seed", 2 ** 32), "runs[0].seed"),
+    (lambda c: c["sampling"].update(seed=-1), "sampling.seed"),
+    (lambda c: c["metrics"].update(bootstrap=0), "metrics.bootstrap"),
+    (lambda c: c["sampling"].update(samples_per_video=10 ** 9), "sampling.samples_per_video"),
+    (_set_run("samples_per_video", 10 ** 9), "runs[0].samples_per_video"),
+    (_set_run("name", "reconstruction"), "runs[0].name"),
+], ids=["results-empty", "results-root", "logs-empty", "logs-root", "temperature-nan", "temperature-underflow",
+        "base-lr-nan", "weight-decay-nan", "dropout-nan", "fmax-nan", "seconds-inf", "seed-negative", "seed-2**32",
+        "sampling-seed-negative", "bootstrap-0", "samples-per-video-1e9", "run-samples-per-video-1e9",
+        "run-named-like-the-ceiling-row"])
+def test_values_that_passed_the_checks_and_failed_late_are_refused_at_planning(edit, key):
+    """Issue 26.4, 11-13: each was accepted, then planned /table.csv at the root, sampled one constant code (NaN,
+    1e-300), failed in a job (seeds, bootstrap 0, 6 GB of seeds) or lost its row to the ceiling's."""
+    import re
+
+    from i2a.config import ConfigError, validate_config
+
+    config = _demo_config()
+    edit(config)
+    with pytest.raises(ConfigError, match=re.escape(f"config key {key}")):
+        validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
+
+
+def test_the_largest_seed_and_smallest_temperature_are_accepted():
+    from i2a.config import MIN_TEMPERATURE, validate_config
+
+    config = _demo_config()
+    config["runs"][0]["seed"], config["sampling"]["seed"] = 2 ** 32 - 1, 0
+    config["sampling"]["temperature"], config["metrics"]["bootstrap"] = MIN_TEMPERATURE, 1
+    validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
+
+
 def test_a_learning_rate_written_2e_4_is_read_as_the_number(tmp_path):
     from i2a.config import validate_config
 
@@ -393,6 +531,7 @@ def test_uv_installs_with_the_system_python_where_pip_install_user_is_refused(tm
     (["-n"], "read-only"), (["-np", "--cores", "1"], "read-only"), (["--dry-run"], "read-only"),
     (["--lint"], "read-only"), (["--report", "report.html"], "read-only"), (["--unlock"], "unlock"),
     (["--nolock", "--cores", "1"], "nolock"), (["--summary"], "read-only"), (["-c1"], "run"),
+    (["--cleanup-shadow"], "run"), (["--containerize"], "run"),
 ])
 def test_what_an_invocation_does_to_locks(argv, mode):
     from i2a.lock import invocation_mode
@@ -432,6 +571,73 @@ def test_a_second_instance_is_refused_while_one_runs(other_run):
     proc.wait()
     assert guard(["--cores", "1"], record) == "run"  # the killed instance's record is replaced by this one's
     assert str(os.getpid()) in record.read_text()
+    release(record)
+    assert not record.exists()
+
+
+@pytest.mark.parametrize("argv", [["--nolock", "--forcerun", "train_gpt", "--cores", "1"], ["--cleanup-shadow"],
+                                  ["--containerize"]], ids=["nolock", "cleanup-shadow", "containerize"])
+def test_nolock_cleanup_shadow_and_containerize_are_refused_while_one_runs(other_run, argv):
+    """Issue 26.7-8: --nolock trained the same runs in the same state folder beside the running instance;
+    --cleanup-shadow and --containerize take and then delete the locks (the whole folder), the running one's too."""
+    from i2a.lock import AnotherRunError, guard
+
+    proc, record = other_run
+    with pytest.raises(AnotherRunError, match=rf"pid {proc.pid}"):
+        guard(argv, record)
+    assert str(proc.pid) in record.read_text()
+
+
+def _race_once(record: str, barrier, results) -> None:
+    from i2a.lock import AnotherRunError, guard
+
+    barrier.wait()
+    try:
+        results.put(guard(["--cores", "1"], Path(record)))
+    except AnotherRunError:
+        results.put("refused")
+    except Exception as error:  # noqa: BLE001 - the test reports it
+        results.put(f"error: {error!r}")
+    barrier.wait()  # stay alive (the record's process) until every contender has tried
+
+
+@pytest.mark.timeout(300)
+def test_of_instances_started_at_once_exactly_one_gets_in(tmp_path):
+    """Issue 26.9: with 2-3 processes calling the guard at once more than one got in, in 56-91% of trials (a
+    just-created empty record was read as torn and deleted)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(12):
+        contenders = 2 + trial % 2
+        record = tmp_path / str(trial) / ".snakemake" / "i2a-run.json"
+        barrier, results = ctx.Barrier(contenders), ctx.Queue()
+        procs = [ctx.Process(target=_race_once, args=(str(record), barrier, results)) for _ in range(contenders)]
+        for proc in procs:
+            proc.start()
+        outcomes = sorted(results.get(timeout=60) for _ in procs)
+        for proc in procs:
+            proc.join(60)
+        assert outcomes == ["refused"] * (contenders - 1) + ["run"], f"trial {trial}: {outcomes}"
+
+
+@pytest.mark.parametrize("text", ["[1]", '{"pid": "abc"}', '{"pid": 1e400}', '{"pid": 123456789012345678901234}',
+                                  "null", "", '{"pid": 4'], ids=["list", "pid-text", "pid-inf", "pid-huge", "null",
+                                                                "empty", "torn"])
+def test_an_unreadable_record_is_stale_once_its_writer_is_gone(tmp_path, text, caplog):
+    """Issue 26.10: these crashed every invocation (TypeError, ValueError, OverflowError) or, `null`, refused for
+    ever. A record is only ever written whole, so an unreadable one that no longer changes has no writer."""
+    from i2a.lock import SETTLE_S, guard, release
+
+    record = tmp_path / ".snakemake" / "i2a-run.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(text)
+    old = record.stat().st_mtime - SETTLE_S - 1
+    os.utime(record, (old, old))
+    with caplog.at_level(logging.WARNING, logger="i2a.lock"):
+        assert guard(["--cores", "1"], record) == "run"
+    assert str(os.getpid()) in record.read_text()
+    assert f"{record} could not be read as a run record" in caplog.text and "replaced" in caplog.text
     release(record)
     assert not record.exists()
 

@@ -5,6 +5,7 @@ the final name, never a truncated one; the temporary name starts with a dot so t
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import uuid
@@ -16,6 +17,16 @@ from typing import Any, Iterator
 def _temporary_sibling(path: Path) -> Path:
     # keep the suffix: writers such as soundfile and np.save pick the format from it
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part{path.suffix}")
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries a killed writer of `path` left beside it (kill -9 runs no cleanup); call it when a
+    job that writes `path` starts, when no other writer of it can be running. Returns what was removed."""
+    path = Path(path)
+    found = sorted(path.parent.glob(f".{glob.escape(path.stem)}.{'[0-9a-f]' * 8}.part{glob.escape(path.suffix)}"))
+    for leftover in found:
+        _remove(leftover)
+    return found
 
 
 def _remove(path: Path) -> None:

@@ -9,6 +9,7 @@ express. Torch-free: this runs on every `snakemake` invocation, the dry runs inc
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,15 @@ import yaml
 
 from i2a.features.registry import BACKBONES, FEATURE_CHOICES, resolve_weights, weights_file
 from i2a.models.released import RELEASED, TRANSFORMERS, VOCODERS, released
-from i2a.runspec import codebook_downsampling, codebook_size
+from i2a.runspec import RESERVED_RUN_NAMES, codebook_downsampling, codebook_size
 
 
 class ConfigError(ValueError):
     pass
+
+
+# the lowest sampling temperature: below it the logits / temperature overflow and one code is sampled every time
+MIN_TEMPERATURE = 1e-3
 
 
 def key_path(path) -> str:
@@ -63,6 +68,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     schema["properties"]["backbones"]["properties"] = {
         name: {"$ref": "#/$defs/backbone", "default": {}} for name in BACKBONES}
     schema["properties"]["checkpoints"]["propertyNames"] = {"enum": list(RELEASED)}
+    schema["properties"]["sampling"]["properties"]["temperature"]["minimum"] = MIN_TEMPERATURE
     return schema
 
 
@@ -99,11 +105,26 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
     errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         raise ConfigError("invalid config: " + describe(jsonschema.exceptions.best_match(errors)))
+    for path, value in _numbers(config):
+        if not math.isfinite(value):  # NaN passes every range check (it compares false)
+            raise ConfigError(f"invalid config: config key {key_path(path)}: {value} is not a finite number")
     try:
         check_config_semantics(config)
     except ConfigError as error:
         raise ConfigError(f"invalid config: {error}") from None
     return config
+
+
+def _numbers(value, path=()):
+    """(key path, number) of every float in a config."""
+    if isinstance(value, float):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _numbers(item, (*path, index))
 
 
 def _looks_like_weights(path: Path) -> str | None:
@@ -129,7 +150,16 @@ def _check_weights(where: str, path: str | Path) -> None:
 
 def check_config_semantics(config: dict[str, Any]) -> None:
     """Cross-key checks the schema cannot express; raises ConfigError naming the key."""
+    for key in ("results", "logs"):
+        folder = config[key]
+        if not folder.strip() or Path(folder).resolve() == Path(folder).resolve().parent:
+            raise ConfigError(f"config key {key}: {folder!r} is empty or the filesystem root, where the workflow's "
+                              f"files would go ({key}/table.csv would be /table.csv); name a folder")
     names = [run["name"] for run in config["runs"]]
+    for i, name in enumerate(names):
+        if name in RESERVED_RUN_NAMES:
+            raise ConfigError(f"config key runs[{i}].name: {name!r} is the name of the table's codebook ceiling row; "
+                              f"name the run otherwise (reserved: {', '.join(RESERVED_RUN_NAMES)})")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"config key runs: run names must be unique; repeated: {', '.join(dupes)}")

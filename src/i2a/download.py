@@ -46,6 +46,20 @@ def _confirmation_link(page_url: str, html: bytes) -> str | None:
     return None
 
 
+# Google Drive's "can't scan for viruses" page leads from drive.google.com to drive.usercontent.google.com
+CONFIRMATION_HOSTS = ("drive.google.com", "drive.usercontent.google.com", "docs.google.com")
+
+
+def followable_confirmation(configured_url: str, link: str) -> bool:
+    """A confirmation form is followed only over https (http only when the configured url is http) and only to the
+    configured host or Google Drive's: a served page must not lead to a local file (file://) or anywhere else."""
+    from urllib.parse import urlsplit
+
+    origin, target = urlsplit(configured_url), urlsplit(link)
+    schemes = {"https", origin.scheme} & {"https", "http"}
+    return target.scheme in schemes and target.hostname in {origin.hostname, *CONFIRMATION_HOSTS}
+
+
 def download(url: str, dest: str | Path, md5: str | None = None, sha256: str | None = None,
              retries: int = 5, timeout: float = 60.0, validate: Callable[[Path], None] | None = None) -> Path:
     """Fetch url to dest, resuming a previous partial download (dest + '.part') and checking the digest.
@@ -57,6 +71,7 @@ def download(url: str, dest: str | Path, md5: str | None = None, sha256: str | N
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    configured = url
     for attempt in range(1, retries + 1):
         start = part.stat().st_size if part.exists() else 0
         try:
@@ -68,6 +83,11 @@ def download(url: str, dest: str | Path, md5: str | None = None, sha256: str | N
                             f"{url} returned a web page instead of the file (Google Drive: quota exceeded, or "
                             f"the file moved). Download it in a browser and copy it to {dest}, or set the url to "
                             "another copy (vas.url), or point vas.source: local at an unpacked copy")
+                    if not followable_confirmation(configured, confirmed):
+                        raise DownloadError(
+                            f"{url} returned a web page whose form leads to {confirmed.split('?')[0]}: not following "
+                            f"it (only https, or the configured url's scheme, to its host or Google Drive's). "
+                            f"Download the file in a browser and copy it to {dest}")
                     log.info("following the confirmation form of %s", url)
                     url = confirmed
                     continue
@@ -171,11 +191,28 @@ def _record_md5(path: Path, md5: str) -> None:
     write_text(path.with_name(path.name + ".md5"), f"{md5}  {path.name}\n")
 
 
+class _CheckedTarInfo(tarfile.TarInfo):
+    """A tar header whose member lies before it (a negative size) is refused: Python's tarfile would read the
+    same header again forever (CVE-2025-8194, Python < 3.11.14 / 3.12.12 / 3.13.6)."""
+
+    def _proc_member(self, tarfile_):
+        member = super()._proc_member(tarfile_)
+        if member.size < 0 or tarfile_.offset <= self.offset:
+            raise ValueError(f"{tarfile_.name}: a tar header at byte {self.offset} has a negative size "
+                             f"({member.size}); the archive is damaged or crafted and is not read")
+        return member
+
+
+def open_tar(path: str | Path) -> tarfile.TarFile:
+    """A tar file for reading (any compression), its headers checked as they are read (see _CheckedTarInfo)."""
+    return tarfile.open(path, "r:*", tarinfo=_CheckedTarInfo)
+
+
 def extract_checkpoint(archive: str | Path, dest: str | Path, member: str | None = None) -> Path:
     """A checkpoint inside a released SpecVQGAN tar.gz (logs/<name>/checkpoints/*.ckpt), copied to dest: `member`
     (a file name, or a path inside the archive), else the single *.ckpt (last.ckpt set aside when there are two)."""
     dest = Path(dest)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, tarfile.open(archive) as tar:
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp, open_tar(archive) as tar:
         tar.extractall(tmp, filter="data")
         found = sorted(Path(tmp).rglob("*.ckpt"))
         if member:

@@ -18,6 +18,11 @@ _MINGPT_DROPOUTS = ("embd_pdrop", "resid_pdrop", "attn_pdrop")
 # what checkpoints written before the one precision vocabulary stored: "32" was PyTorch's default arithmetic (fp32
 # matmuls, TF32 cuDNN convolutions on a GPU), closest to strict fp32 on the CPU where they were tested
 _LEGACY_PRECISIONS = {"32": "fp32", "bf16-mixed": "bf16"}
+# the table's rows that are not runs (i2a.evaluation.table): the codebook's ceiling, and each run's control row
+# (the run's name + CONTROL_SUFFIX). A run may not take such a name, or its row would be the other's.
+CEILING_ROW = "reconstruction"
+CONTROL_SUFFIX = "+shuffled"
+RESERVED_RUN_NAMES = (CEILING_ROW,)
 
 
 def _known(cls, d: dict[str, Any]) -> dict[str, Any]:

@@ -76,10 +76,13 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
     written memory-mapped (100 samples x 768 videos do not fit in memory) and in place only when complete;
     `names_out` lists the V videos in row order. `shuffled`: the control, where video i is sampled with the
     features of video derangement(V)[i] and the same seeds, so it differs from the run only by the picture."""
-    from i2a.atomic import write_text
+    from i2a.atomic import remove_leftovers, write_text
     from i2a.data.clips import split_clips
     from i2a.models.codebook import check_codebook, decode_tokens, load_codebook
 
+    for out in (tokens_out, mels_out):  # a killed job's memory-mapped temporaries (GB for the mels)
+        for leftover in remove_leftovers(out):
+            log.info("removed %s, left by a killed sample_tokens", leftover)
     device = pick_device(device)
     gpt = load_run_transformer(spec, transformer_ckpt, device)
     codebook = load_codebook(codebook_ckpt, map_location=device)

@@ -16,7 +16,7 @@ from i2a.lock import AnotherRunError, guard
 from i2a.data import authors
 from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
 from i2a.models.released import RELEASED, released
-from i2a.runspec import RunSpec
+from i2a.runspec import CEILING_ROW, CONTROL_SUFFIX, RunSpec
 from i2a import sizing
 
 try:
@@ -43,8 +43,8 @@ BASELINE = baseline_run(config)
 CONDITIONED = [name for name, spec in RUN_SPECS.items() if spec.features != "none"]
 CONTROLLED = CONDITIONED if config["controls"]["shuffled"] else []
 ROWS = {name: f"runs/{name}/samples" for name in RUNS}
-ROWS |= {f"{name}+shuffled": f"runs/{name}/shuffled" for name in CONTROLLED}
-ROWS["reconstruction"] = "reconstruction/samples"
+ROWS |= {f"{name}{CONTROL_SUFFIX}": f"runs/{name}/shuffled" for name in CONTROLLED}
+ROWS[CEILING_ROW] = "reconstruction/samples"
 ROW_OF = {folder: name for name, folder in ROWS.items()}
 # the conditioned runs compared paired with the best of them (lowest MKL), when there are two or more
 COMPARED_WITH_BEST = CONDITIONED if len(CONDITIONED) > 1 else []
@@ -341,4 +341,4 @@ def row_inputs():
     the authors' mels with features derived here."""
     if not AUTHORS_INPUTS:
         return "derived"
-    return {"reconstruction": "authors"} | {name: authors.inputs_of(run["features"]) for name, run in RUNS.items()}
+    return {CEILING_ROW: "authors"} | {name: authors.inputs_of(run["features"]) for name, run in RUNS.items()}

@@ -25,6 +25,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from i2a.download import open_tar
 from i2a.models.released import BASE_URL
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,14 @@ RESNET50 = "feature_resnet50_dim2048_21.5fps"
 KINDS = (MELS, RESNET50)
 # the backbones the authors published VAS features of; any other backbone's are extracted here from the VAS videos
 FEATURES = {"resnet50": RESNET50}
+# The most bytes one member can hold: a mel is (80, 860), a clip's features at most 215 frames (tiled up to 215 when
+# shorter), by 8 bytes (float64 at most), with twice the frames and 64 KiB for headers as slack. A larger member is
+# refused before a byte of it is read: a small gzip'd tar can hold a member of gigabytes.
+MAX_MEMBER_BYTES = {MELS: 80 * 860 * 8 + (1 << 16), RESNET50: 2 * 215 * 2048 * 8 + (1 << 16)}
+
+
+class MemberTooLarge(ValueError):
+    """A tar member larger than any mel or feature file can be."""
 
 # SpecVQGAN's data/md5sum_vas.md5, verbatim: the authors' MD5 of every tar they publish for VAS
 AUTHORS_MD5_LIST = """\
@@ -162,7 +171,7 @@ class AuthorsTar:
     def __init__(self, path: str | Path, cls: str, kind: str):
         self.path, self.cls, self.kind = Path(path), cls, kind
         suffix = "_mel.npy" if kind == MELS else ".pkl"
-        self.tar = tarfile.open(self.path, "r:*")
+        self.tar = open_tar(self.path)
         self.members: dict[str, tarfile.TarInfo] = {}
         for info in self.tar:
             name = info.name.rsplit("/", 1)[-1]
@@ -173,7 +182,11 @@ class AuthorsTar:
         return clip in self.members
 
     def read(self, clip: str) -> np.ndarray:
-        data = self.tar.extractfile(self.members[clip]).read()
+        info, limit = self.members[clip], MAX_MEMBER_BYTES[self.kind]
+        if info.size > limit:
+            raise MemberTooLarge(f"{info.name} in {self.path.name} holds {info.size} bytes, more than a "
+                                 f"{'mel' if self.kind == MELS else 'feature'} file can be ({limit})")
+        data = self.tar.extractfile(info).read()
         if self.kind == MELS:
             return np.load(io.BytesIO(data), allow_pickle=False)
         return load_pickled_array(data)
@@ -236,11 +249,14 @@ def import_mels_shard(clip_table: pd.DataFrame, mel_tars: Iterable[str | Path], 
                     if cls not in tars or clip not in tars[cls]:
                         status, reason = "skipped", f"no mel spectrogram in the authors' {tar_name(cls, MELS)}"
                     else:
-                        mel = tars[cls].read(clip)
-                        if mel.shape != (n_mels, keep_frames):
+                        try:
+                            mel = tars[cls].read(clip)
+                        except MemberTooLarge as error:
+                            mel, status, reason = None, "skipped", str(error)
+                        if mel is not None and mel.shape != (n_mels, keep_frames):
                             status, reason = "skipped", (f"the authors' mel has shape {mel.shape}, not "
                                                          f"({n_mels}, {keep_frames}) (audio.n_mels, audio.keep_frames)")
-                        else:
+                        elif mel is not None:
                             mels.append(mel)
                     if status != "ok":
                         log.warning("skipped %s: %s", clip, reason)

@@ -52,6 +52,10 @@ from i2a.atomic import atomic_path
 log = logging.getLogger(__name__)
 
 AAC_BITRATE = "98k"  # RegNet/SpecVQGAN's -b:a for every AAC re-encode
+# The chain re-encodes at most a full-HD picture's pixels (x264's memory grows with them: an 8K clip took 6.1 GB);
+# a larger source is scaled down to it, aspect kept, before its first encode. The VAS clips are smaller: their
+# chain is unchanged. Features are computed at 224 pixels; the chain's video keeps far more than that.
+MAX_CHAIN_PIXELS = 1920 * 1080
 AAC_CODER = "fast"  # the ffmpeg 4.x default the authors' mels were made with (see the module docstring)
 
 
@@ -174,13 +178,25 @@ def _install(tmp_file: Path, dest: Path) -> None:
         shutil.move(str(tmp_file), str(part))
 
 
+def chain_scale(height: int, width: int) -> list[str]:
+    """The scale filter that brings a source above MAX_CHAIN_PIXELS down to it (even sides, aspect kept); none
+    for a source within it."""
+    if height * width <= MAX_CHAIN_PIXELS:
+        return []
+    factor = (MAX_CHAIN_PIXELS / (height * width)) ** 0.5
+    return ["-vf", f"scale={max(2, int(width * factor) // 2 * 2)}:{max(2, int(height * factor) // 2 * 2)}"]
+
+
 def preprocess_clip(src: str | Path, out_video: str | Path | None, out_wav: str | Path, seconds: float = 10.0,
-                    sample_rate: int = 22050) -> dict:
+                    sample_rate: int = 22050, threads: int = 1) -> dict:
     """RegNet/SpecVQGAN's chain for one clip: a `seconds`-long mono wav and (unless out_video is None) the
-    looped video cut to `seconds`, with its audio. Raises BadClip (with the reason) for clips it cannot use."""
+    looped video cut to `seconds`, with its audio. Raises BadClip (with the reason) for clips it cannot use.
+    Each ffmpeg decodes and encodes on `threads` threads (not one per core: a shard job runs a clip per thread), and
+    a source above MAX_CHAIN_PIXELS is scaled down at its first encode, so memory is bounded whatever the clip."""
     src = Path(src)
     info = {"src": str(src), **probe_clip(src)}
     exe = ffmpeg_exe()
+    threads_arg = ["-threads", str(threads)]
     aac = ["-c:a", "aac", "-aac_coder", AAC_CODER, "-strict", "experimental", "-b:a", AAC_BITRATE]
     target = f"{seconds:g}"
     with tempfile.TemporaryDirectory(prefix="i2a-clip-") as tmp:
@@ -200,14 +216,15 @@ def preprocess_clip(src: str | Path, out_video: str | Path | None, out_wav: str 
         n_loops = int(seconds // duration_s + 1)
         info.update(duration=duration_s, duration_str=duration, n_loops=n_loops)
 
-        _ffmpeg(exe, ["-ss", "0", "-t", duration, "-i", _arg(src), "-loglevel", "error", "-c:v", "libx264", *aac,
-                      _arg(aligned)], "cutting the video to the audio's duration")
+        _ffmpeg(exe, ["-ss", "0", "-t", duration, *threads_arg, "-i", _arg(src), "-loglevel", "error", *threads_arg,
+                      *chain_scale(*info["orig_size"]), "-c:v", "libx264", *aac, _arg(aligned)],
+                "cutting the video to the audio's duration")
         if _count_video_frames(aligned) == 0:
             raise BadClip("video track has no decodable frames")
         _ffmpeg(exe, ["-stream_loop", str(n_loops), "-i", _arg(aligned), "-loglevel", "error", "-c", "copy",
                       "-fflags", "+genpts", _arg(looped)], "looping the clip")
-        _ffmpeg(exe, ["-ss", "0", "-t", target, "-i", _arg(looped), "-loglevel", "error", "-c:v", "libx264", *aac,
-                      _arg(cut)], f"cutting to {target} s")
+        _ffmpeg(exe, ["-ss", "0", "-t", target, *threads_arg, "-i", _arg(looped), "-loglevel", "error", *threads_arg,
+                      "-c:v", "libx264", *aac, _arg(cut)], f"cutting to {target} s")
         _ffmpeg(exe, ["-i", _arg(cut), "-loglevel", "error", "-f", "wav", "-vn", _arg(cut_wav)],
                 "extracting the cut audio")
         # their command also had "-ab 16k", which PCM ignores

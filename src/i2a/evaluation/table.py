@@ -18,7 +18,7 @@ from i2a.atomic import atomic_path
 from i2a.evaluation.reference import reference_columns
 from i2a.features.registry import display_name
 from i2a.models.released import released as released_file
-from i2a.runspec import RunSpec
+from i2a.runspec import CEILING_ROW, CONTROL_SUFFIX, RunSpec
 from i2a.training.curves import curve_summary
 
 SCHEDULER_NAMES = {"none": "none", "plateau": "ReduceLROnPlateau", "cosine": "CosineAnnealing"}
@@ -99,16 +99,16 @@ def build_table(specs: Sequence[RunSpec], rows: dict[str, str], results: str | P
     for name, folder in rows.items():
         scores = _read(results / folder / "scores.json")
         comparison = None if name == baseline or baseline is None else _read(results / folder / "comparison.json")
-        if name == "reconstruction":
+        if name == CEILING_ROW:
             row = {"run": name, "kind": KINDS["ceiling"], "features": "codebook"}
         else:
-            spec = by_name[name.removesuffix("+shuffled")]
+            spec = by_name[name.removesuffix(CONTROL_SUFFIX)]
             training = (curve_summary(results / "runs" / spec.name / "metrics.csv", overfit_margin, overfit_patience)
                         if spec.source == "train" else None)
-            row = {"run": name, "kind": KINDS["control" if name.endswith("+shuffled") else "run"],
+            row = {"run": name, "kind": KINDS["control" if name.endswith(CONTROL_SUFFIX) else "run"],
                    **run_columns(spec, training, _read(probes.get(spec.features))),
                    **reference_columns(name)}  # the study's numbers: its rows, not their controls
-        source = inputs if isinstance(inputs, str) else inputs[name.removesuffix("+shuffled")]
+        source = inputs if isinstance(inputs, str) else inputs[name.removesuffix(CONTROL_SUFFIX)]
         table.append({**row, "inputs": source, **score_columns(scores, comparison), **counts})
     return pd.DataFrame(table, columns=COLUMNS)
 

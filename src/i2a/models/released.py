@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,8 +173,10 @@ def compare_members(archive: str | Path, names: tuple[str, ...]) -> dict[str, ob
     are all the same file."""
     import hashlib
 
+    from i2a.download import open_tar
+
     members: dict[str, dict[str, object] | None] = dict.fromkeys(names)
-    with tarfile.open(archive, "r:*") as tar:
+    with open_tar(archive) as tar:
         for info in tar:
             base = info.name.rsplit("/", 1)[-1]
             if info.isfile() and base in members:
@@ -197,7 +198,9 @@ def describe_transformer_archive(archive: str | Path) -> dict[str, object] | Non
     the archive holds no such config (the checkpoint's weights are still checked against the run when loaded)."""
     import yaml
 
-    with tarfile.open(archive, "r:*") as tar:
+    from i2a.download import open_tar
+
+    with open_tar(archive) as tar:
         for info in tar:
             if info.isfile() and info.name.endswith("-project.yaml") and "/configs/" in f"/{info.name}":
                 config = yaml.safe_load(tar.extractfile(info))

@@ -29,6 +29,9 @@ from i2a.training.loop import BEST, EpochSampler, TrainingState, fingerprint, fi
 
 log = logging.getLogger(__name__)
 
+# the modules whose source the training state is bound to, besides the loop's (i2a.training.loop.fingerprint)
+TRAINING_CODE = ("i2a.models.codebook", __name__)
+
 
 class NLayerDiscriminator(nn.Module):
     """Pix2Pix PatchGAN as taming uses it (BatchNorm, LeakyReLU 0.2, 4x4 kernels, N(0, 0.02) conv init)."""
@@ -335,7 +338,8 @@ def train_codebook(train_mels, valid_mels, model_cfg: VQGANConfig, train_cfg: Co
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = TrainingState(state_dir or out_dir / "state",
-                          fingerprint(inputs, {"model": model_cfg.to_dict(), "train": train_cfg.settings()}))
+                          fingerprint(inputs, {"model": model_cfg.to_dict(), "train": train_cfg.settings()},
+                                      TRAINING_CODE))
     pl.seed_everything(train_cfg.seed, workers=True, verbose=False)
     module = CodebookModule(VQModel(model_cfg), train_cfg, MelDataset(train_mels, model_cfg.resolution),
                             MelDataset(valid_mels, model_cfg.resolution), state)

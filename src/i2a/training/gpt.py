@@ -35,6 +35,9 @@ from i2a.training.segments import SegmentDone, deadline_callback
 
 log = logging.getLogger(__name__)
 
+# the modules whose source the training state is bound to, besides the loop's (i2a.training.loop.fingerprint)
+TRAINING_CODE = ("i2a.models.gpt", "i2a.runspec", __name__)
+
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr")
 # how training batches are read: throughput only (config `loader:`), never a result
 LOADER_DEFAULTS = {"num_workers": 0, "pin_memory": True, "persistent_workers": True}
@@ -294,7 +297,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
         if ds.n_tokens + spec.feat_sample_size != spec.model.block_size:
             raise ValueError(f"the {name} data has {ds.n_tokens} tokens per clip; the run {spec.name} expects "
                              f"{spec.n_tokens} (a different codebook or audio crop?)")
-    state = TrainingState(state_dir, fingerprint(inputs, spec.training_view()))
+    state = TrainingState(state_dir, fingerprint(inputs, spec.training_view(), TRAINING_CODE))
     train = spec.train
     set_precision(train.precision)  # TF32 or not; Lightning's precision below only sets the autocast
     pl.seed_everything(train.seed, workers=True, verbose=False)  # model init

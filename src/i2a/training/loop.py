@@ -4,9 +4,11 @@ metrics, plain progress lines, and an output that appears under its final name o
 A training job on a cluster is killed (time limit, preemption, a dying node) and started again; each start
 resumes from the state folder's `last.ckpt`, written atomically after every epoch, and ends where an
 uninterrupted run would have. The folder is bound to a fingerprint of everything that changes the result (the
-content of the input files and the settings): when it no longer matches, the old state is set aside and
-training starts from scratch. A `last.ckpt` that cannot be read (a truncated write from before, a full disk) is
-set aside with a warning; it never makes the job fail for good.
+content of the input files, the settings, and the source of the modules that train): when it no longer matches,
+the old state is set aside and training starts from scratch. A state that says training finished is handed back
+as it is, with a warning naming the folder to delete to train again (a forced Snakemake rerun alone does not).
+A `last.ckpt` that cannot be read (a truncated write from before, a full disk) is set aside with a warning; it
+never makes the job fail for good.
 """
 from __future__ import annotations
 
@@ -40,12 +42,27 @@ DONE = "done.json"
 
 
 # ------------------------------------------------------------------------------------------------ fingerprints
-def fingerprint(inputs: Iterable[str | os.PathLike] = (), settings: Any = None) -> dict[str, Any]:
-    """What a training result depends on: the content of its input files and its settings (JSON-able)."""
+# the modules every training runs through (this loop, the arithmetic); each trainer names its own besides
+LOOP_CODE = (__name__, "i2a.precision")
+
+
+def code_digests(modules: Iterable[str]) -> dict[str, str]:
+    """{module: digest of its source file}, found without importing it: an edit of the code that trains (a fixed
+    loss, another sampler) makes another result, so a state folder is bound to it as to its inputs."""
+    import importlib.util
+
+    return {name: content_digest(importlib.util.find_spec(name).origin) for name in sorted({*LOOP_CODE, *modules})}
+
+
+def fingerprint(inputs: Iterable[str | os.PathLike] = (), settings: Any = None,
+                code: Iterable[str] = ()) -> dict[str, Any]:
+    """What a training result depends on: the content of its input files, its settings (JSON-able) and the source
+    of the modules that train (`code`, module names, with LOOP_CODE)."""
     t0 = time.monotonic()
     files = {str(p): content_digest(p) for p in inputs}
     log.info("fingerprint of %d input files in %.1f s", len(files), time.monotonic() - t0)
-    return {"settings": json.loads(json.dumps(settings, sort_keys=True, default=str)), "inputs": files}
+    return {"settings": json.loads(json.dumps(settings, sort_keys=True, default=str)), "inputs": files,
+            "code": code_digests(code)}
 
 
 # ------------------------------------------------------------------------------------------------ state folder
@@ -106,6 +123,10 @@ def _what_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     parts = [f"input {Path(k).name}" for k in changed[:3]] + (["..."] if len(changed) > 3 else [])
     if old.get("settings") != new["settings"]:
         parts.append("settings")
+    code = [name for name in sorted(set(old.get("code", {})) | set(new["code"]))
+            if old.get("code", {}).get(name) != new["code"].get(name)]
+    if code:
+        parts.append(f"training code ({', '.join(code)})")
     return ", ".join(parts) or "format"
 
 
@@ -307,7 +328,9 @@ def fit(module, state: TrainingState, *, max_epochs: int, accelerator: str = "au
     _ensure_log_handler()
     resume = state.open()  # first: a state of other inputs or settings is set aside, its done.json with it
     if state.done is not None:
-        log.info("%s says training finished: nothing to do", state.folder / DONE)
+        log.warning("%s says training finished with these inputs, settings and training code: its result is handed "
+                    "back without training. To train again from scratch, delete %s and rerun the job (a forced "
+                    "rerun, snakemake -f or -R, alone hands back this state)", state.folder / DONE, state.folder)
         return None
     if resume is not None:
         meta = torch.load(resume, map_location="cpu", weights_only=True, mmap=True)

@@ -29,6 +29,9 @@ from i2a.training.loop import BEST, EpochSampler, TrainingState, fingerprint, fi
 
 log = logging.getLogger(__name__)
 
+# the modules whose source the training state is bound to, besides the loop's (i2a.training.loop.fingerprint)
+TRAINING_CODE = ("i2a.models.melception", __name__)
+
 
 @dataclass
 class MelceptionTrainConfig:
@@ -249,9 +252,9 @@ def train_melception(train_mels: np.ndarray, train_labels: Sequence, valid_mels:
         raise ValueError(f"reconstructions {np.shape(train_reconstructions)} do not match the clips {train_mels.shape}")
     ytr, yva, class_names = _encode_labels(train_labels, valid_labels, cfg.class_names)
     out_path = Path(out_path)
+    labels = [list(map(str, train_labels)), list(map(str, valid_labels))]
     state = TrainingState(state_dir or out_path.with_name(out_path.stem + ".state"),
-                          fingerprint(inputs, {**cfg.settings(), "labels": [list(map(str, train_labels)),
-                                                                            list(map(str, valid_labels))]}))
+                          fingerprint(inputs, {**cfg.settings(), "labels": labels}, TRAINING_CODE))
     torch.manual_seed(cfg.seed)
     stats = compute_mel_stats(train_mels)
     model_cfg = MelceptionConfig(num_classes=len(class_names), width=cfg.width, dropout=cfg.dropout)

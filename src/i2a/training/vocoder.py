@@ -29,6 +29,9 @@ from i2a.training.loop import BEST, TrainingState, fingerprint, fit, metrics_wri
 
 log = logging.getLogger(__name__)
 
+# the modules whose source the training state is bound to, besides the loop's (i2a.training.loop.fingerprint)
+TRAINING_CODE = ("i2a.data.mel", "i2a.models.vocoder", __name__)
+
 METRIC_FIELDS = ["step", "loss_D", "loss_G", "loss_feat", "mel_l1", "seconds"]
 
 
@@ -275,7 +278,7 @@ def train_melgan(wavs: Sequence[np.ndarray], cfg: VocoderTrainConfig, out_dir: s
         raise ValueError(f"generator upsamples by {gcfg.hop_length} but the mel hop is {cfg.mel.hop_length}")
     if cfg.segment_length % cfg.mel.hop_length:
         raise ValueError(f"segment_length {cfg.segment_length} must be a multiple of the hop {cfg.mel.hop_length}")
-    state = TrainingState(state_dir or out_dir / "state", fingerprint(inputs, cfg.settings()))
+    state = TrainingState(state_dir or out_dir / "state", fingerprint(inputs, cfg.settings(), TRAINING_CODE))
     torch.manual_seed(cfg.seed)
     batches = SegmentBatches(wavs, cfg)
     module = MelGANModule(cfg, batches, state)
