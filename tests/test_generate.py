@@ -28,7 +28,7 @@ from i2a.models import released as released_registry
 from i2a.models.codebook import VQGANConfig, VQModel, check_codebook, codebook_fingerprint
 from i2a.models.gpt import CKPT_FORMAT, GPT, load_released_transformer, released_config, sample_frame_indices
 from i2a.models.vocoder import load_vocoder
-from i2a.runspec import GPTConfig, RunSpec
+from i2a.runspec import GPTConfig, RunSpec, SamplingSettings
 
 S, N_MELS, CROP_FRAMES = 3, 80, 160
 TINY_CODEBOOK = VQGANConfig(ch=8, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(),
@@ -41,7 +41,8 @@ def tiny_gpt(features: str = "resnet18", feat_dim: int = 512, name: str = "tiny"
     cfg = GPTConfig(vocab_size=TINY_CODEBOOK.n_embed, block_size=N_TOKENS + S, layers=1, heads=2, embed=16,
                     feat_dim=feat_dim)
     gpt = GPT(cfg).eval()
-    gpt.run_spec = RunSpec(name=name, features=features, feat_sample_size=S, model=cfg)
+    gpt.run_spec = RunSpec(name=name, features=features, feat_sample_size=S, model=cfg,
+                           sampling=SamplingSettings(top_k=TINY_CODEBOOK.n_embed))
     gpt.codebook, gpt.feature_stats = None, None
     return gpt
 
@@ -364,7 +365,7 @@ def test_the_cli_generates_and_exits_non_zero_after_a_bad_input(trained_run, cap
     err = caplog.text
     assert code == gen.EXIT_INPUT_ERRORS
     assert "bad.jpg: not a readable image" in err and "1 of 2 inputs generated" in err
-    assert sorted(p.name for p in Path("gen").iterdir()) == ["good_sample00.wav", "good_sample01.wav",
+    assert sorted(p.name for p in Path("gen").iterdir()) == [gen.MANIFEST, "good_sample00.wav", "good_sample01.wav",
                                                              "good_spectrogram.png"]
 
 
@@ -407,3 +408,105 @@ def test_the_console_script_is_declared():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, function = scripts["i2a"].split(":")
     assert module == "i2a.generate" and callable(getattr(sys.modules[module], function))
+
+
+# ---------------------------------------------------------------- bad sampling values and output folders (issue 26)
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--temperature", "nan", "--temperature: nan is not a finite number"),
+    ("--temperature", "inf", "--temperature: inf is not a finite number"),
+    ("--temperature", "1e-300", "--temperature: 1e-300 is below 0.001"),
+    ("--top-k", "1000", "--top-k: 1000 is larger than the codebook (16 codes)"),
+    ("--seed", "1e23", "--seed: '1e23' is not a whole number from 0 to 4294967295"),
+    ("--seed", str(10 ** 23), "--seed: 100000000000000000000000 is not a whole number from 0 to 4294967295"),
+    ("--seed", "-1", "--seed: -1 is not a whole number from 0 to 4294967295"),
+], ids=["nan", "inf", "underflow", "top-k", "seed-1e23", "seed-huge", "seed-negative"])
+def test_the_cli_refuses_sampling_values_the_config_refuses(trained_run, caplog, option, value, expected):
+    """26.14, 26.17: the config's checks (i2a.config.check_sampling_values), not a constant sound or a traceback."""
+    image = save_image(Path("x.png"))
+    code = gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "gen", option, value,
+                     str(image)])
+    assert code == gen.EXIT_MODEL_ERROR and expected in caplog.text, caplog.text
+    assert not Path("gen").exists()
+
+
+def test_the_config_and_the_cli_share_one_sampling_check():
+    from i2a.config import ConfigError, check_sampling_values
+
+    check_sampling_values({"temperature": 1e-3, "top_k": 16, "seed": 2 ** 32 - 1}, n_codes=16)
+    with pytest.raises(ConfigError, match=r"config key sampling.temperature: nan is not a finite number"):
+        check_sampling_values({"temperature": float("nan")})
+    with pytest.raises(ConfigError, match=r"--top-k: 17 is larger than the codebook \(16 codes\)"):
+        check_sampling_values({"top_k": 17}, n_codes=16, label=lambda key: "--" + key.replace("_", "-"))
+
+
+def test_a_negative_seed_for_the_no_feats_baseline_is_refused_by_the_api(tmp_path, encoder):
+    """26.17: the no-feats baseline's noise cannot be seeded with a negative number; refused before anything runs."""
+    image = save_image(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="seed: -3 is not a whole number from 0 to 4294967295"):
+        gen.generate(tiny_model(encoder, features=False), [image], tmp_path / "out", seed=-3, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_samples_beyond_the_batch_size_are_drawn_in_batches(tmp_path, encoder, monkeypatch):
+    """26.15: no forward pass holds more rows than --batch-size, whatever --samples is; the sounds are the same."""
+    from i2a.models import gpt as gpt_module
+
+    rows = []
+    real = gpt_module.sample_tokens
+
+    def counting(model, feats, *args, **kwargs):
+        rows.append(len(feats))
+        return real(model, feats, *args, **kwargs)
+
+    model = tiny_model(encoder)
+    a, b = save_image(tmp_path / "a.png", seed=1), save_image(tmp_path / "b.png", seed=2)
+    whole = gen.generate(model, [a, b], tmp_path / "whole", samples=5, seed=2, batch_size=64, keep_mels=True,
+                         progress=False)
+    monkeypatch.setattr(gpt_module, "sample_tokens", counting)
+    batched = gen.generate(model, [a, b], tmp_path / "batched", samples=5, seed=2, batch_size=2, keep_mels=True,
+                           progress=False)
+    assert max(rows) <= 2 and sum(rows) == 10, rows
+    for one, other in zip(whole, batched):
+        np.testing.assert_allclose(one.mels, other.mels, atol=1e-5)
+        assert [p.name for p in other.wavs] == [f"{one.path.stem}_sample{k:02d}.wav" for k in range(5)]
+
+
+def test_an_input_folder_is_refused_as_the_output_folder(trained_run, caplog):
+    """26.16: --out naming an input's folder would overwrite the user's files and feed the outputs back in."""
+    folder = Path("photos")
+    folder.mkdir()
+    save_image(folder / "a.png")
+    mine = folder / "a_sample00.wav"
+    mine.write_bytes(b"the user's own recording")
+    for inputs in ([str(folder)], [str(folder / "a.png")], ["./photos/"]):
+        caplog.clear()
+        code = gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "photos", *inputs])
+        assert code == gen.EXIT_MODEL_ERROR and "--out photos holds the inputs" in caplog.text, caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_sample00.wav"]
+    assert mine.read_bytes() == b"the user's own recording"
+
+
+def test_a_file_not_written_by_generate_is_never_overwritten(tmp_path, encoder):
+    """26.16: an output folder holding the user's own file of an output's name: that input is refused, the file
+    kept; a file generate wrote before is replaced."""
+    out = tmp_path / "out"
+    out.mkdir()
+    a, b = save_image(tmp_path / "a.png", seed=1), save_image(tmp_path / "b.png", seed=2)
+    (out / "a_spectrogram.png").write_bytes(b"the user's own picture")
+    model = tiny_model(encoder)
+    first = gen.generate(model, [a, b], out, progress=False)
+    assert "would overwrite" in first[0].error and "a_spectrogram.png" in first[0].error
+    assert (out / "a_spectrogram.png").read_bytes() == b"the user's own picture"
+    assert not (out / "a_sample00.wav").exists() and first[1].error is None
+    before = first[1].wavs[0].read_bytes()
+    again = gen.generate(model, [b], out, seed=1, progress=False)  # our own outputs are replaced
+    assert again[0].error is None and again[0].wavs[0].read_bytes() != before
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(trained_run, caplog):
+    Path("taken").write_text("a file")
+    code = gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "taken",
+                     str(save_image(Path("x.png")))])
+    assert code == gen.EXIT_MODEL_ERROR and "--out taken is a file, not a folder" in caplog.text, caplog.text
+    assert Path("taken").read_text() == "a file"

@@ -409,6 +409,10 @@ def prepare(path: Path, model: SoundModel, workdir: Path) -> Prepared:
 
 # ------------------------------------------------------------------------------------------------------ generating
 
+MANIFEST = ".i2a-generate.json"  # in an output folder: the files generate wrote there, name -> MD5
+MAX_PANELS = 8  # samples shown in an input's spectrogram figure; the wavs hold them all
+
+
 @dataclass
 class Result:
     """What was made for one input (or why nothing was)."""
@@ -451,41 +455,105 @@ def spectrograms_png(mels01: np.ndarray, path: Path) -> Path:
     return write_bytes(path, spectrogram_png(np.concatenate(stacked)))
 
 
-def _draw(model: SoundModel, batch: list[Prepared], seeds: list[int], top_k: int, temperature: float) -> np.ndarray:
-    """(inputs x samples, n_mels, T) spectrograms for a batch of inputs, one row per (input, sample)."""
+def check_sampling(samples: int, seed: int, top_k: int, temperature: float, batch_size: int, n_codes: int,
+                   label: Callable[[str], str] = str) -> None:
+    """The config's checks of the sampler's values (i2a.config.check_sampling_values), and positive counts."""
+    from i2a.config import check_sampling_values
+
+    for key, value in (("samples", samples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label(key)}: {value!r} is not a whole number >= 1")
+    check_sampling_values({"temperature": temperature, "top_k": top_k, "seed": seed}, n_codes=n_codes, label=label)
+
+
+def check_output_folder(out_dir: str | Path, inputs: Sequence[str | Path]) -> None:
+    """--out must be a folder (or not exist yet) and hold none of the inputs: outputs written beside them would
+    overwrite the user's files and be read as inputs the next time."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ModelError(f"--out {out_dir} is a file, not a folder: give a folder for the outputs")
+    target = out_dir.resolve()
+    for given in map(Path, inputs):
+        if not given.exists():
+            continue
+        if (given if given.is_dir() else given.parent).resolve() == target:
+            raise ModelError(f"--out {out_dir} holds the inputs ({given}): the outputs would overwrite files there "
+                             "and be read as inputs next time; give another folder")
+
+
+class _Outputs:
+    """An output folder's record of the files generate wrote (MANIFEST): a file of an output's name that is not in
+    it, or was changed since, is the user's and is never overwritten."""
+
+    def __init__(self, folder: Path):
+        import json
+
+        self.folder = folder
+        path = folder / MANIFEST
+        try:
+            self.written = dict(json.loads(path.read_text())) if path.is_file() else {}
+        except (ValueError, TypeError):
+            log.warning("%s is unreadable: treating every file in %s as the user's", path, folder)
+            self.written = {}
+
+    def foreign(self, names: Iterable[str]) -> list[str]:
+        from i2a.checksum import file_digest
+
+        return [name for name in names if (self.folder / name).exists()
+                and ((self.folder / name).is_dir() or self.written.get(name) != file_digest(self.folder / name))]
+
+    def record(self, paths: Iterable[Path]) -> None:
+        import json
+
+        from i2a.atomic import write_text
+        from i2a.checksum import file_digest
+
+        self.written.update({p.name: file_digest(p) for p in paths})
+        write_text(self.folder / MANIFEST, json.dumps(self.written, indent=0, sort_keys=True))
+
+
+def _output_names(stem: str, samples: int, kind: str, mux: bool) -> list[str]:
+    names = [f"{stem}_sample{k:02d}.wav" for k in range(samples)] + [f"{stem}_spectrogram.png"]
+    if mux and kind == "video":
+        names += [f"{stem}_sample{k:02d}.mp4" for k in range(samples)]
+    return names
+
+
+def vocode(model: SoundModel, mel: np.ndarray) -> np.ndarray:
+    """One spectrogram's waveform, vocoded alone: Griffin-Lim seeds its random phases per call, so a sound vocoded
+    in a batch would depend on its place in it."""
+    return np.asarray(model.vocoder(mel[None])[0], dtype=np.float32)
+
+
+def _draw(model: SoundModel, feats: list[np.ndarray | None], seeds: list[int], top_k: int,
+          temperature: float) -> np.ndarray:
+    """(rows, n_mels, T) spectrograms, one per row: its input's (D, S) features and its sample's seed."""
     import torch
 
+    from i2a.models import gpt as gpt_module
     from i2a.models.codebook import decode_tokens
-    from i2a.models.gpt import sample_tokens
     from i2a.samples import condition
 
-    row_seeds = np.tile(np.asarray(seeds, np.int64), len(batch))
-    spec, K = model.spec, len(seeds)
+    row_seeds = np.asarray(seeds, np.int64)
     if model.encoder is None:
         cond = condition("none", None, row_seeds, model.S, model.gpt.config.feat_dim)
     else:
-        cond = torch.from_numpy(np.repeat(np.stack([p.feats for p in batch]), K, axis=0))
-    cond = cond.to(model.device)
-    tokens = sample_tokens(model.gpt, cond, model.n_tokens, top_k=top_k, temperature=temperature,
-                           seeds=row_seeds.tolist(), cache=True)
-    log.debug("sampled %d rows of %s (%s, S=%d)", len(row_seeds), model.name, spec.features, model.S)
+        cond = torch.from_numpy(np.stack(feats))
+    tokens = gpt_module.sample_tokens(model.gpt, cond.to(model.device), model.n_tokens, top_k=top_k,
+                                      temperature=temperature, seeds=row_seeds.tolist(), cache=True)
+    log.debug("sampled %d rows of %s (%s, S=%d)", len(row_seeds), model.name, model.spec.features, model.S)
     return decode_tokens(model.codebook, tokens.cpu().numpy(), progress=False)
 
 
-def _write(model: SoundModel, prepared: Prepared, mels: np.ndarray, stem: str, out_dir: Path, mux: bool,
-           result: Result, keep_mels: bool) -> None:
-    from i2a.data.media import mux_audio
-    from i2a.models.vocoder import write_wav
+@dataclass
+class _Job:
+    """An input being sampled: its spectrograms for the figure (the first MAX_PANELS) and, with keep_mels, all."""
 
-    wavs = model.vocoder(mels)
-    for k, wav in enumerate(wavs):
-        result.wavs.append(write_wav(out_dir / f"{stem}_sample{k:02d}.wav", wav, sr=model.mel.sample_rate))
-    result.spectrogram = spectrograms_png(mels, out_dir / f"{stem}_spectrogram.png")
-    if mux and prepared.clip is not None:
-        for k, wav_path in enumerate(result.wavs):
-            result.videos.append(mux_audio(prepared.clip, wav_path, out_dir / f"{stem}_sample{k:02d}.mp4"))
-    if keep_mels:
-        result.mels = mels
+    prepared: Prepared
+    result: Result
+    stem: str
+    panels: list[np.ndarray] = field(default_factory=list)
+    kept: list[np.ndarray] = field(default_factory=list)
 
 
 def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Path, samples: int = 1, seed: int = 0,
@@ -494,16 +562,19 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
     """Generate `samples` sounds for every input (files or folders) into `out_dir`: per input
     `<stem>_sampleNN.wav` at the config's sample rate, `<stem>_spectrogram.png`, and with `mux` for a video
     `<stem>_sampleNN.mp4` (its clip with the generated sound). Inputs are read one by one and sampled together,
-    `batch_size` rows (inputs x samples) at a time. A bad input gets its Result.error, the others go on.
-    `progress`: a progress bar (None: when stderr is a terminal; otherwise one log line per input)."""
+    never more than `batch_size` rows (input, sample) at a time, each written as soon as it is drawn: memory does not
+    grow with `samples`. A bad input, or one whose outputs would overwrite a file generate did not write, gets its
+    Result.error; the others go on. `progress`: a progress bar (None: when stderr is a terminal; otherwise one log
+    line per input)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
     top_k = top_k if top_k is not None else model.spec.sampling.top_k
+    check_sampling(samples, seed, top_k, temperature, batch_size, model.gpt.config.vocab_size)
+    check_output_folder(out_dir, inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = _Outputs(out_dir)
     files, problems = expand_inputs(inputs)
     results = [Result(path, error=reason) for path, reason in problems]
     for result in results:
@@ -513,7 +584,7 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
     inputs_per_batch = max(1, batch_size // samples)
     show_bar = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(files), desc=f"generating ({model.name})", unit="input", disable=not show_bar)
-    pending: list[tuple[Prepared, Result]] = []
+    pending: list[_Job] = []
     finished = 0
 
     def done(result: Result) -> None:
@@ -526,17 +597,46 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
             log.info("[%d/%d] %s -> %s", finished, len(files), result.path,
                      ", ".join(p.name for p in [*result.wavs, result.spectrogram, *result.videos]))
 
-    def flush() -> None:
-        if not pending:
-            return
-        mels = _draw(model, [p for p, _ in pending], seeds, top_k, temperature)
-        for i, (prepared, result) in enumerate(pending):
+    def finish(job: _Job) -> None:
+        from i2a.data.media import mux_audio
+
+        result = job.result
+        if result.error is None:
             try:
-                _write(model, prepared, mels[i * samples:(i + 1) * samples], stems[prepared.path], out_dir, mux,
-                       result, keep_mels)
+                result.spectrogram = spectrograms_png(np.stack(job.panels), out_dir / f"{job.stem}_spectrogram.png")
+                if mux and job.prepared.clip is not None:
+                    for k, wav_path in enumerate(result.wavs):
+                        result.videos.append(mux_audio(job.prepared.clip, wav_path,
+                                                       out_dir / f"{job.stem}_sample{k:02d}.mp4"))
             except Exception as err:  # noqa: BLE001 - one input's failure (its mux, the disk) spares the others
                 result.error = f"could not write its outputs ({type(err).__name__}: {err})"
-            done(result)
+            if keep_mels and result.error is None:
+                result.mels = np.concatenate(job.kept)
+        outputs.record(p for p in [*result.wavs, result.spectrogram, *result.videos] if p is not None)
+        done(result)
+
+    def flush() -> None:
+        """Draw the pending inputs' rows, batch_size at a time, writing each row's wav as soon as it is drawn."""
+        from i2a.models.vocoder import write_wav
+
+        rows = [(job, k) for job in pending for k in range(samples)]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            mels = _draw(model, [job.prepared.feats for job, _ in chunk], [seeds[k] for _, k in chunk], top_k,
+                         temperature)
+            for (job, k), mel in zip(chunk, mels):
+                if job.result.error is None:
+                    try:
+                        wav = out_dir / f"{job.stem}_sample{k:02d}.wav"
+                        job.result.wavs.append(write_wav(wav, vocode(model, mel), sr=model.mel.sample_rate))
+                    except Exception as err:  # noqa: BLE001 - the disk: this input fails, the others go on
+                        job.result.error = f"could not write its outputs ({type(err).__name__}: {err})"
+                    if k < MAX_PANELS:
+                        job.panels.append(mel)
+                    if keep_mels:
+                        job.kept.append(mel[None])
+                if k == samples - 1:
+                    finish(job)
         pending.clear()
 
     with tempfile.TemporaryDirectory(prefix="i2a-generate-") as tmp, logging_redirect_tqdm():
@@ -550,11 +650,16 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
                 result.error = str(err)
             except Exception as err:  # noqa: BLE001 - whatever else one file does, the others are still generated
                 result.error = f"could not be read ({type(err).__name__}: {err})"
+            if result.error is None:
+                result.kind = prepared.kind
+                foreign = outputs.foreign(_output_names(stems[path], samples, prepared.kind, mux))
+                if foreign:
+                    result.error = (f"would overwrite {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''} "
+                                    f"in {out_dir}, which i2a generate did not write: move them or give another --out")
             if result.error:
                 done(result)
                 continue
-            result.kind = prepared.kind
-            pending.append((prepared, result))
+            pending.append(_Job(prepared, result, stems[path]))
             if len(pending) >= inputs_per_batch:
                 flush()
         flush()
@@ -584,7 +689,7 @@ def _parser() -> argparse.ArgumentParser:
                             "resnet50_212feat or no_feats")
     gen.add_argument("--out", type=Path, default=Path("generated"), help="output folder (default: %(default)s)")
     gen.add_argument("--samples", type=int, default=1, help="sounds per input (default: %(default)s)")
-    gen.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's sampling.seed)")
+    gen.add_argument("--seed", default=None, help="sampling seed (default: the config's sampling.seed)")
     gen.add_argument("--top-k", type=int, default=None, help="top-k sampling (default: the config's sampling.top_k)")
     gen.add_argument("--temperature", type=float, default=None,
                      help="sampling temperature (default: the config's sampling.temperature)")
@@ -596,6 +701,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _option(key: str) -> str:
+    """A sampling value's name on the command line: top_k -> --top-k."""
+    return "--" + key.replace("_", "-")
+
+
+def _seed(text: str | None, default: int) -> int:
+    """--seed as a whole number; text that is not one (1e23, 2.5) is named in the error, as the range check does."""
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        from i2a.config import SEED_LIMIT
+
+        raise ModelError(f"--seed: {text!r} is not a whole number from 0 to {SEED_LIMIT - 1}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
@@ -603,24 +725,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         sampling = config["sampling"]
-        for option, value in (("--samples", args.samples), ("--top-k", args.top_k),
-                              ("--temperature", args.temperature), ("--batch-size", args.batch_size)):
-            if value is not None and value <= 0:
-                raise ModelError(f"{option} must be positive, got {value}")
+        values = {"samples": args.samples, "seed": _seed(args.seed, sampling["seed"]),
+                  "top_k": sampling["top_k"] if args.top_k is None else args.top_k,
+                  "temperature": sampling["temperature"] if args.temperature is None else args.temperature,
+                  "batch_size": sampling["batch_size"] if args.batch_size is None else args.batch_size}
+        check_sampling(**values, n_codes=None, label=_option)  # before the model loads: fail fast
+        check_output_folder(args.out, args.inputs)
         if args.run is not None:
             model = load_run_model(config, args.run, args.device, config_file=args.config)
         else:
             model = load_released_model(config, args.released, args.device)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:  # ModelError, and the loaders' own
+        check_sampling(**values, n_codes=model.gpt.config.vocab_size, label=_option)  # top-k within its codebook
+    except (ValueError, FileNotFoundError, RuntimeError) as err:  # ModelError, ConfigError, and the loaders' own
         log.error("error: %s", err)
         return EXIT_MODEL_ERROR
     log.info("%s: %s features, S=%d, %d tokens; %s vocoder; %d sample(s) per input -> %s", model.name,
              model.spec.features, model.S, model.n_tokens, config["vocoder"]["kind"], args.samples, args.out)
-    results = generate(model, args.inputs, args.out, samples=args.samples,
-                       seed=sampling["seed"] if args.seed is None else args.seed,
-                       top_k=sampling["top_k"] if args.top_k is None else args.top_k,
-                       temperature=sampling["temperature"] if args.temperature is None else args.temperature,
-                       batch_size=args.batch_size or sampling["batch_size"], mux=args.mux)
+    results = generate(model, args.inputs, args.out, mux=args.mux, **values)
     failed = [r for r in results if r.error]
     log.info("%d of %d inputs generated into %s%s", len(results) - len(failed), len(results), args.out,
              f"; {len(failed)} could not be used (see the errors above)" if failed else "")
