@@ -243,7 +243,7 @@ def test_generate_writes_every_good_input_and_reports_the_bad_ones(tmp_path, enc
         assert [p.name for p in result.wavs] == [f"{Path(name).stem}_sample00.wav", f"{Path(name).stem}_sample01.wav"]
         info = soundfile.info(str(result.wavs[0]))
         assert info.samplerate == 22050 and info.channels == 1 and info.frames == CROP_FRAMES * 256
-        assert Image.open(result.spectrogram).size == (CROP_FRAMES, 2 * N_MELS + 2)
+        assert Image.open(result.spectrogram).size[0] >= 600  # the labelled figure, not 160 raw pixels
         assert result.mels.shape == (2, N_MELS, CROP_FRAMES)
     assert [p.name for p in by_name["c.mp4"].videos] == ["c_sample00.mp4", "c_sample01.mp4"]
     assert by_name["a.png"].videos == []  # images are not muxed
@@ -510,3 +510,157 @@ def test_an_out_that_is_a_file_is_a_clear_error(trained_run, caplog):
                      str(save_image(Path("x.png")))])
     assert code == gen.EXIT_MODEL_ERROR and "--out taken is a file, not a folder" in caplog.text, caplog.text
     assert Path("taken").read_text() == "a file"
+
+
+# ---------------------------------------------------------------- figure, --help, Python API (issue 24.7)
+
+def test_the_spectrogram_figure_is_labelled_one_panel_per_sample_with_its_seed():
+    mel = MelSpec(keep_frames=172, crop_frames=CROP_FRAMES)
+    mels = np.random.default_rng(0).random((3, N_MELS, CROP_FRAMES)).astype(np.float32)
+    fig = gen.spectrogram_figure(mels, [7, 8, 9], mel, "a.png: tiny")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title(loc="left") for ax in panels] == ["sample 0, seed 7", "sample 1, seed 8", "sample 2, seed 9"]
+    assert panels[-1].get_xlabel() == "time (s)" and all(ax.get_ylabel() == "frequency (Hz)" for ax in panels)
+    assert panels[0].get_xlim() == pytest.approx((0, CROP_FRAMES * 256 / 22050))  # 1.86 s of sound
+    hz = [float(t.get_text()) for t in panels[0].get_yticklabels()]
+    assert hz == sorted(hz) and mel.fmin < hz[0] < 200 and 6000 < hz[-1] < mel.fmax  # mel bin centres, low at bottom
+    assert fig._suptitle.get_text() == "a.png: tiny"
+
+
+def test_help_lists_the_runs_of_the_given_config(trained_run, capsys):
+    with pytest.raises(SystemExit) as stop:
+        gen.main(["generate", "--config", str(trained_run), "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and f"runs of {trained_run} (--run NAME):" in out
+    assert "tiny" in out and "resnet18 features, trained" in out, out
+    with pytest.raises(SystemExit):
+        gen.main(["generate", "--help", "--config", str(REPO / "config/demo.yaml")])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ["resnet18-s5", "clip-s5", "no-feats"]) and "not trained here yet" in out
+
+
+def test_the_python_api_returns_the_waveforms_the_cli_writes(trained_run):
+    model = gen.load(config=trained_run, run="tiny", device="cpu")
+    image = save_image(Path("x.png"), seed=4)
+    wave = model.generate(image, seed=4)
+    assert wave.dtype == np.float32 and wave.shape == (CROP_FRAMES * 256,) and model.sample_rate == 22050
+    np.testing.assert_array_equal(model.generate(Image.open(image), seed=4), wave)  # a PIL image
+    np.testing.assert_array_equal(model.generate(np.asarray(Image.open(image)), seed=4), wave)  # an array
+    waves = model.generate(str(image), samples=3, seed=4, batch_size=1)
+    assert waves.shape == (3, CROP_FRAMES * 256)
+    np.testing.assert_array_equal(waves[0], wave)
+    assert gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "gen", "--samples", "3",
+                     "--seed", "4", "--batch-size", "1", str(image)]) == 0
+    for k in range(3):
+        written, _ = soundfile.read(f"gen/x_sample{k:02d}.wav", dtype="float32")
+        np.testing.assert_allclose(written, np.clip(waves[k], -1, 1), atol=2 / 32767)  # 16-bit PCM: written x * 32767, read / 32768
+    with pytest.raises(ValueError, match="temperature: nan is not a finite number"):
+        model.generate(image, temperature=float("nan"))
+    with pytest.raises(gen.InputError, match="uint8 RGB"):
+        model.generate(np.zeros((64, 64), np.float32))
+
+
+# ---------------------------------------------------------------- i2a app (issue 24.8)
+
+@pytest.fixture
+def app_server(trained_run):
+    """`i2a app` on the tiny trained run, on a free port of 127.0.0.1, serving in a thread."""
+    import threading
+
+    from i2a.app import App, make_server
+
+    model = gen.load(config=trained_run, run="tiny", device="cpu")
+    server = make_server(App(model, samples=2, max_upload=2 ** 20, workdir=Path("app")), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def demo_image(path: Path) -> Path:
+    """A frame of the demo's data: a synthetic clip's class shape (what README's photo.png is)."""
+    from i2a.data.synthetic import class_set, render_clip
+
+    frames, _ = render_clip(class_set(4)[1], np.random.default_rng(23), 1.0, 8.0, 22050, (96, 96))
+    Image.fromarray(frames[len(frames) // 2]).save(path)
+    return path
+
+
+def _post(url: str, name: str, data: bytes, fields: dict[str, str] | None = None):
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in (fields or {}).items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "/generate", body, {"Content-Type": f"multipart/form-data; boundary="
+                                                                               f"{boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_app_says_why_an_upload_cannot_be_used(app_server):
+    status, page = _post(app_server, "notes.txt", b"my notes")
+    assert status == 400 and "is neither an image" in page
+    status, page = _post(app_server, "broken.png", b"not a png")
+    assert status == 400 and "not a readable image" in page
+    status, page = _post(app_server, "big.png", b"x" * (2 ** 20 + 1))
+    assert status == 413 and "more than this page takes" in page
+    status, page = _post(app_server, "x.png", save_image(Path("x.png")).read_bytes(), {"seed": "-1"})
+    assert status == 400 and "seed: -1 is not a whole number" in page
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(app_server + "/files/00001/../../config/tiny.yaml")
+    assert missing.value.code == 404
+
+
+def test_the_app_generates_sound_for_the_demos_image_in_a_browser(app_server, tmp_path):
+    """24.8: Chromium uploads the demo's picture; the page plays WAVs that decode, shows the figure, offers
+    downloads."""
+    import shutil
+    import urllib.request
+
+    from test_workflow import CHROMIUM_FLAGS, NO_BROWSER
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip(NO_BROWSER)
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev dependency group")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    try:
+        driver.get(app_server + "/")
+        driver.find_element(By.ID, "file").send_keys(str(demo_image(tmp_path / "photo.png")))
+        driver.find_element(By.ID, "generate").click()
+        WebDriverWait(driver, 180).until(lambda d: d.find_elements(By.TAG_NAME, "audio"))
+        audio = driver.find_elements(By.TAG_NAME, "audio")
+        assert len(audio) == 2
+        # the browser itself loads the sound and the figure
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 && a.duration > 1)"
+            " && document.getElementById('spectrogram').naturalWidth > 0"))
+        for element in audio:
+            with urllib.request.urlopen(element.get_attribute("src")) as response:
+                wav, rate = soundfile.read(io.BytesIO(response.read()), dtype="float32")
+            assert rate == 22050 and len(wav) == CROP_FRAMES * 256 and np.abs(wav).max() > 0
+        links = driver.find_elements(By.CSS_SELECTOR, "a[download]")
+        assert [link.get_attribute("download") for link in links] == ["photo_sample00.wav", "photo_sample01.wav"]
+    finally:
+        driver.quit()

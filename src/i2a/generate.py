@@ -57,6 +57,15 @@ def _schema_path() -> Path:
     raise ModelError(f"{SCHEMA} not found: run i2a generate in the workflow's folder (where the Snakefile is)")
 
 
+def read_merged(path: Path) -> dict[str, Any]:
+    """The config file merged over the config.yaml beside it, as read (no validation, no defaults)."""
+    config = yaml.safe_load(path.read_text()) or {}
+    base = path.resolve().with_name("config.yaml")
+    if base != path.resolve() and base.is_file():
+        config = merge_config(yaml.safe_load(base.read_text()) or {}, config)
+    return config
+
+
 def load_config(path: str | Path) -> dict[str, Any]:
     """The config the workflow runs with: `path` merged over the config.yaml beside it, validated, defaults in."""
     from i2a.config import ConfigError, validate_config
@@ -65,10 +74,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"config file {path} not found: give the one the models were made with, e.g. "
                          "--config config/demo.yaml")
-    config = yaml.safe_load(path.read_text()) or {}
-    base = path.resolve().with_name("config.yaml")
-    if base != path.resolve() and base.is_file():
-        config = merge_config(yaml.safe_load(base.read_text()) or {}, config)
+    config = read_merged(path)
     try:
         return validate_config(config, _schema_path())
     except ConfigError as err:
@@ -102,6 +108,33 @@ class SoundModel:
     feat_crop: int
     device: Any
     precision: str = "fp32"  # the backbone's, as the workflow's extract_features runs it (features.precision)
+    sampling: dict[str, Any] = field(default_factory=dict)  # the config's sampling: (seed, top_k, ...): defaults
+
+    @property
+    def sample_rate(self) -> int:
+        return self.mel.sample_rate
+
+    def generate(self, image, samples: int | None = None, seed: int | None = None, top_k: int | None = None,
+                 temperature: float | None = None, batch_size: int | None = None) -> np.ndarray:
+        """The sound of a picture as float32 samples at `sample_rate`: one waveform (n,), or (samples, n) when
+        `samples` is given. `image`: a path (an image or a video, as the CLI reads it), a PIL image or an
+        (H, W, 3) uint8 array. Sample k is the CLI's `<stem>_sampleNN.wav` for the same seed (before its 16-bit
+        rounding); the defaults are the config's `sampling:` values, checked as the config checks them."""
+        settings = {"seed": 0, "top_k": self.spec.sampling.top_k, "temperature": 1.0, "batch_size": 64,
+                    **{k: v for k, v in self.sampling.items() if k in ("seed", "top_k", "temperature", "batch_size")}}
+        given = {"seed": seed, "top_k": top_k, "temperature": temperature, "batch_size": batch_size}
+        settings.update({k: v for k, v in given.items() if v is not None})
+        count = 1 if samples is None else samples
+        check_sampling(count, **settings, n_codes=self.gpt.config.vocab_size)
+        with tempfile.TemporaryDirectory(prefix="i2a-generate-") as tmp:
+            prepared = prepare_any(image, self, Path(tmp))
+            seeds = sample_seeds_for_inputs(settings["seed"], count)
+            waves = []
+            for start in range(0, count, settings["batch_size"]):
+                chunk = seeds[start:start + settings["batch_size"]]
+                mels = _draw(self, [prepared.feats] * len(chunk), chunk, settings["top_k"], settings["temperature"])
+                waves += [vocode(self, mel) for mel in mels]
+        return np.stack(waves) if samples is not None else waves[0]
 
     @property
     def spec(self):
@@ -172,7 +205,7 @@ def _sound_model(name: str, gpt, codebook, config: dict[str, Any], vocoder_file:
     encoder = _build_encoder(config, gpt.run_spec.features, gpt.config.feat_dim, device)
     vocoder = load_vocoder(config["vocoder"]["kind"], geometry["mel"], vocoder_file, device=device)
     return SoundModel(name=name, gpt=gpt, codebook=codebook, encoder=encoder, vocoder=vocoder, device=device,
-                      precision=config["features"]["precision"], **geometry)
+                      precision=config["features"]["precision"], sampling=dict(config["sampling"]), **geometry)
 
 
 def _check_fits(name: str, gpt, codebook, config: dict[str, Any], where: str) -> None:
@@ -291,6 +324,19 @@ def load_released_model(config: dict[str, Any], name: str, device=None,
     return _sound_model(name, gpt, codebook, config, vocoder_file, device)
 
 
+def load(config: str | Path = "config/config.yaml", run: str | None = None, released: str | None = None,
+         device=None) -> SoundModel:
+    """The Python API: a run of the workflow config (its best checkpoint) or one of the authors' released
+    transformers, ready to `generate(image) -> waveform`. Paths in the config are relative to the current folder
+    (the workflow's)."""
+    if (run is None) == (released is None):
+        raise ModelError("give run=NAME (a run of the config) or released=NAME (one of the authors' transformers)")
+    loaded = load_config(config)
+    if run is not None:
+        return load_run_model(loaded, run, device, config_file=config)
+    return load_released_model(loaded, released, device)
+
+
 # ------------------------------------------------------------------------------------------------------ inputs
 
 def is_image(path: Path) -> bool:
@@ -389,15 +435,34 @@ class Prepared:
 
 def prepare(path: Path, model: SoundModel, workdir: Path) -> Prepared:
     """Read an input and encode the frames its condition positions show (each distinct frame once)."""
-    from i2a.features.extract import extract_clip_features
-
     if not path.is_file():
         raise InputError("not a file")
     if is_image(path):
-        kind, frames, clip = "image", read_image(path, model.min_image_size), None
-    else:
-        workdir.mkdir(parents=True, exist_ok=True)
-        kind, (frames, clip) = "video", read_video(path, model, workdir)
+        return encode_frames(model, path, "image", read_image(path, model.min_image_size))
+    workdir.mkdir(parents=True, exist_ok=True)
+    frames, clip = read_video(path, model, workdir)
+    return encode_frames(model, path, "video", frames, clip)
+
+
+def prepare_any(image, model: SoundModel, workdir: Path) -> Prepared:
+    """`prepare` for what the Python API takes: a path, a PIL image or an (H, W, 3) uint8 array."""
+    if isinstance(image, (str, Path)):
+        return prepare(Path(image), model, workdir)
+    frame = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise InputError(f"an array of shape {frame.shape} and type {frame.dtype}: give an (H, W, 3) uint8 RGB "
+                         "picture, a PIL image or a path")
+    if max(frame.shape[:2]) < model.min_image_size:
+        raise InputError(f"{frame.shape[1]} x {frame.shape[0]} pixels is smaller than the backbone's "
+                         f"{model.min_image_size} x {model.min_image_size} input")
+    return encode_frames(model, Path("<array>"), "image", np.ascontiguousarray(frame)[None])
+
+
+def encode_frames(model: SoundModel, path: Path, kind: str, frames: np.ndarray | None,
+                  clip: Path | None = None) -> Prepared:
+    """The (D, S) features of the frames an input's condition positions show (each distinct frame encoded once)."""
+    from i2a.features.extract import extract_clip_features
+
     if model.encoder is None:
         return Prepared(path, kind, None, clip)
     rows = condition_rows(len(frames), model.feat_frames, model.feat_crop, model.S)
@@ -445,14 +510,40 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def spectrograms_png(mels01: np.ndarray, path: Path) -> Path:
-    """An input's generated spectrograms as one PNG, sample 0 on top, low frequencies at the bottom of each."""
-    from i2a.atomic import write_bytes
-    from i2a.report.gallery import spectrogram_png
+def spectrogram_figure(mels01: np.ndarray, seeds: Sequence[int], mel, title: str = ""):
+    """An input's generated spectrograms, one labelled panel per sample with its seed: time in seconds, frequency
+    in Hz at the mel bins' centres (low frequencies at the bottom), level in dB. A matplotlib Figure (no pyplot:
+    safe in threads and without a display)."""
+    import librosa
+    from matplotlib.figure import Figure
 
-    gap = np.ones((2, mels01.shape[-1]), np.float32)  # a bright line between samples
-    stacked = [part for mel in mels01[::-1] for part in (gap, mel)][1:]  # spectrogram_png flips the whole image
-    return write_bytes(path, spectrogram_png(np.concatenate(stacked)))
+    n, n_mels, frames = mels01.shape
+    seconds = frames * mel.hop_length / mel.sample_rate
+    centres = librosa.mel_frequencies(n_mels + 2, fmin=mel.fmin, fmax=mel.fmax)[1:-1]
+    fig = Figure(figsize=(7, 1.2 + 1.6 * n), layout="constrained")
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+    ticks = np.linspace(0, n_mels - 1, 5).round().astype(int)
+    for k, (ax, spectrogram, seed) in enumerate(zip(axes, mels01, seeds)):
+        image = ax.imshow(spectrogram * 100 - 100, origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=0,
+                          extent=(0, seconds, 0, n_mels), interpolation="nearest")
+        ax.set_yticks(ticks + 0.5, [f"{centres[i]:.0f}" for i in ticks])
+        ax.set_ylabel("frequency (Hz)")
+        ax.set_title(f"sample {k}, seed {seed}", fontsize=9, loc="left")
+    axes[-1].set_xlabel("time (s)")
+    fig.colorbar(image, ax=list(axes), label="level (dB)", shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def spectrograms_png(mels01: np.ndarray, seeds: Sequence[int], mel, path: Path, title: str = "") -> Path:
+    """The labelled figure as a PNG, written atomically and without a timestamp (same sounds, same bytes)."""
+    from i2a.atomic import atomic_path
+
+    fig = spectrogram_figure(mels01, seeds, mel, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    return Path(path)
 
 
 def check_sampling(samples: int, seed: int, top_k: int, temperature: float, batch_size: int, n_codes: int,
@@ -603,7 +694,11 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
         result = job.result
         if result.error is None:
             try:
-                result.spectrogram = spectrograms_png(np.stack(job.panels), out_dir / f"{job.stem}_spectrogram.png")
+                result.spectrogram = spectrograms_png(np.stack(job.panels), seeds[:MAX_PANELS], model.mel,
+                                                      out_dir / f"{job.stem}_spectrogram.png",
+                                                      f"{job.result.path.name}: {model.name}"
+                                                      + (f" (first {MAX_PANELS} of {samples} samples)"
+                                                         if samples > MAX_PANELS else ""))
                 if mux and job.prepared.clip is not None:
                     for k, wav_path in enumerate(result.wavs):
                         result.videos.append(mux_audio(job.prepared.clip, wav_path,
@@ -669,24 +764,63 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
 
 # ------------------------------------------------------------------------------------------------------ the CLI
 
-def _parser() -> argparse.ArgumentParser:
+def runs_epilog(config_file: str | Path) -> str:
+    """--help's list of the config's runs, each with its backbone and whether it is trained here. Read as YAML only
+    (no schema, no torch) so that --help stays fast."""
+    path = Path(config_file)
+    try:
+        config = read_merged(path)
+        runs = [entry for entry in config.get("runs") or [] if isinstance(entry, dict) and "name" in entry]
+    except (OSError, yaml.YAMLError) as err:
+        return f"The runs of {path} cannot be listed ({type(err).__name__}): give --config FILE before --help."
+    lines = [f"runs of {path} (--run NAME):"]
+    for entry in runs:
+        name = entry["name"]
+        if entry.get("source") == "released":
+            lines.append(f"  {name:<20} the authors' released {entry.get('released')}")
+            continue
+        ckpt = Path(str(config.get("results", "results"))) / "runs" / name / "best.ckpt"
+        state = "trained" if ckpt.is_file() else f"not trained here yet (no {ckpt})"
+        features = entry.get("features", "?")
+        lines.append(f"  {name:<20} {'no features (baseline)' if features == 'none' else features + ' features'}, "
+                     f"{state}")
+    lines.append("released models (--released NAME, with --config config/config.yaml): resnet50_1feat, "
+                 "resnet50_5feat, resnet50_212feat, no_feats")
+    return "\n".join(lines)
+
+
+def _parser(epilog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="i2a", description="Image-to-audio with the study's models.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser(
-        "generate", help="sound for your own images and videos",
+        "generate", help="sound for your own images and videos", epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Generate sounds for images (JPEG, PNG, WebP) and videos with a run's best checkpoint or a "
                     "released SpecVQGAN transformer. Run it in the workflow's folder: the config's paths are "
                     "relative to it. Exit status 1 when some inputs could not be used (the others are generated), "
                     "2 when the model could not be loaded.")
+    app = commands.add_parser(
+        "app", help="a local web page to try a model", epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve a page (http://127.0.0.1:PORT/) where you upload an image or a short video and hear, see "
+                    "and download the sounds generated for it. Run it in the workflow's folder.")
     gen.add_argument("inputs", nargs="+", type=Path, help="images, videos, or folders of them")
-    gen.add_argument("--config", default="config/config.yaml",
-                     help="the workflow config the model was made with, merged over the config.yaml beside it "
-                          "as snakemake --configfile merges over config/config.yaml (default: %(default)s)")
-    model = gen.add_mutually_exclusive_group(required=True)
-    model.add_argument("--run", help="a run of the config: its best checkpoint, the config's codebook and vocoder")
-    model.add_argument("--released", metavar="NAME",
-                       help="the authors' transformer and VAS codebook: resnet50_1feat, resnet50_5feat, "
-                            "resnet50_212feat or no_feats")
+    for sub in (gen, app):
+        sub.add_argument("--config", default="config/config.yaml",
+                         help="the workflow config the model was made with, merged over the config.yaml beside it "
+                              "as snakemake --configfile merges over config/config.yaml (default: %(default)s)")
+        model = sub.add_mutually_exclusive_group(required=True)
+        model.add_argument("--run", help="a run of the config: its best checkpoint, the config's codebook and "
+                                         "vocoder")
+        model.add_argument("--released", metavar="NAME",
+                           help="the authors' transformer and VAS codebook: resnet50_1feat, resnet50_5feat, "
+                                "resnet50_212feat or no_feats")
+        sub.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
+                                                          "only)")
+    app.add_argument("--port", type=int, default=8000, help="(default: %(default)s; 0: any free port)")
+    app.add_argument("--samples", type=int, default=2, help="sounds per upload offered (default: %(default)s)")
+    app.add_argument("--max-upload-mb", type=float, default=50, help="largest upload taken (default: %(default)s)")
     gen.add_argument("--out", type=Path, default=Path("generated"), help="output folder (default: %(default)s)")
     gen.add_argument("--samples", type=int, default=1, help="sounds per input (default: %(default)s)")
     gen.add_argument("--seed", default=None, help="sampling seed (default: the config's sampling.seed)")
@@ -695,7 +829,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="sampling temperature (default: the config's sampling.temperature)")
     gen.add_argument("--batch-size", type=int, default=None,
                      help="sequences sampled at once (default: the config's sampling.batch_size)")
-    gen.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: a GPU when there is one)")
     gen.add_argument("--mux", action="store_true", help="also write each video input's clip with the generated "
                                                          "sound as an mp4")
     return parser
@@ -718,10 +851,44 @@ def _seed(text: str | None, default: int) -> int:
         raise ModelError(f"--seed: {text!r} is not a whole number from 0 to {SEED_LIMIT - 1}") from None
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """i2a app: load the model, then serve its page until interrupted."""
+    from i2a.app import App, make_server
+
+    try:
+        config = load_config(args.config)
+        if args.run is not None:
+            model = load_run_model(config, args.run, args.device, config_file=args.config)
+        else:
+            model = load_released_model(config, args.released, args.device)
+        server = make_server(App(model, samples=args.samples, seed=config["sampling"]["seed"],
+                                 max_upload=int(args.max_upload_mb * 2 ** 20)), args.host, args.port)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        log.error("error: %s", err)
+        return EXIT_MODEL_ERROR
+    host, port = server.server_address[:2]
+    log.info("i2a app: %s on http://%s:%d/ (Ctrl-C stops it)", model.name, host, port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    epilog = None
+    if {"-h", "--help"} & set(argv):  # list the runs of the config given (or the default one)
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", default="config/config.yaml")
+        epilog = runs_epilog(pre.parse_known_args(argv)[0].config)
+    args = _parser(epilog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     logging.getLogger("i2a").setLevel(logging.INFO)  # our progress lines; the libraries' chatter stays out
+    if args.command == "app":
+        return _serve(args)
     try:
         config = load_config(args.config)
         sampling = config["sampling"]
