@@ -553,7 +553,7 @@ def test_the_python_api_returns_the_waveforms_the_cli_writes(trained_run):
                      "--seed", "4", "--batch-size", "1", str(image)]) == 0
     for k in range(3):
         written, _ = soundfile.read(f"gen/x_sample{k:02d}.wav", dtype="float32")
-        np.testing.assert_allclose(written, np.clip(waves[k], -1, 1), atol=2 / 32767)  # 16-bit PCM: written x * 32767, read / 32768
+        np.testing.assert_allclose(written, np.clip(waves[k], -1, 1), atol=2 / 32767)
     with pytest.raises(ValueError, match="temperature: nan is not a finite number"):
         model.generate(image, temperature=float("nan"))
     with pytest.raises(gen.InputError, match="uint8 RGB"):
