@@ -28,7 +28,7 @@ from i2a.models import released as released_registry
 from i2a.models.codebook import VQGANConfig, VQModel, check_codebook, codebook_fingerprint
 from i2a.models.gpt import CKPT_FORMAT, GPT, load_released_transformer, released_config, sample_frame_indices
 from i2a.models.vocoder import load_vocoder
-from i2a.runspec import GPTConfig, RunSpec
+from i2a.runspec import GPTConfig, RunSpec, SamplingSettings
 
 S, N_MELS, CROP_FRAMES = 3, 80, 160
 TINY_CODEBOOK = VQGANConfig(ch=8, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, attn_resolutions=(),
@@ -41,7 +41,8 @@ def tiny_gpt(features: str = "resnet18", feat_dim: int = 512, name: str = "tiny"
     cfg = GPTConfig(vocab_size=TINY_CODEBOOK.n_embed, block_size=N_TOKENS + S, layers=1, heads=2, embed=16,
                     feat_dim=feat_dim)
     gpt = GPT(cfg).eval()
-    gpt.run_spec = RunSpec(name=name, features=features, feat_sample_size=S, model=cfg)
+    gpt.run_spec = RunSpec(name=name, features=features, feat_sample_size=S, model=cfg,
+                           sampling=SamplingSettings(top_k=TINY_CODEBOOK.n_embed))
     gpt.codebook, gpt.feature_stats = None, None
     return gpt
 
@@ -242,7 +243,7 @@ def test_generate_writes_every_good_input_and_reports_the_bad_ones(tmp_path, enc
         assert [p.name for p in result.wavs] == [f"{Path(name).stem}_sample00.wav", f"{Path(name).stem}_sample01.wav"]
         info = soundfile.info(str(result.wavs[0]))
         assert info.samplerate == 22050 and info.channels == 1 and info.frames == CROP_FRAMES * 256
-        assert Image.open(result.spectrogram).size == (CROP_FRAMES, 2 * N_MELS + 2)
+        assert Image.open(result.spectrogram).size[0] >= 600  # the labelled figure, not 160 raw pixels
         assert result.mels.shape == (2, N_MELS, CROP_FRAMES)
     assert [p.name for p in by_name["c.mp4"].videos] == ["c_sample00.mp4", "c_sample01.mp4"]
     assert by_name["a.png"].videos == []  # images are not muxed
@@ -364,7 +365,7 @@ def test_the_cli_generates_and_exits_non_zero_after_a_bad_input(trained_run, cap
     err = caplog.text
     assert code == gen.EXIT_INPUT_ERRORS
     assert "bad.jpg: not a readable image" in err and "1 of 2 inputs generated" in err
-    assert sorted(p.name for p in Path("gen").iterdir()) == ["good_sample00.wav", "good_sample01.wav",
+    assert sorted(p.name for p in Path("gen").iterdir()) == [gen.MANIFEST, "good_sample00.wav", "good_sample01.wav",
                                                              "good_spectrogram.png"]
 
 
@@ -410,3 +411,286 @@ def test_the_console_script_is_declared():
     from i2a.cli import COMMANDS
 
     assert COMMANDS["generate"][0] == "i2a.generate" and {"plan", "calibrate"} <= set(COMMANDS)
+
+
+# ---------------------------------------------------------------- bad sampling values and output folders (issue 26)
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--temperature", "nan", "--temperature: nan is not a finite number"),
+    ("--temperature", "inf", "--temperature: inf is not a finite number"),
+    ("--temperature", "1e-300", "--temperature: 1e-300 is below 0.001"),
+    ("--top-k", "1000", "--top-k: 1000 is larger than the codebook (16 codes)"),
+    ("--seed", "1e23", "--seed: '1e23' is not a whole number from 0 to 4294967295"),
+    ("--seed", str(10 ** 23), "--seed: 100000000000000000000000 is not a whole number from 0 to 4294967295"),
+    ("--seed", "-1", "--seed: -1 is not a whole number from 0 to 4294967295"),
+], ids=["nan", "inf", "underflow", "top-k", "seed-1e23", "seed-huge", "seed-negative"])
+def test_the_cli_refuses_sampling_values_the_config_refuses(trained_run, caplog, option, value, expected):
+    """26.14, 26.17: the config's checks (i2a.config.check_sampling_values), not a constant sound or a traceback."""
+    image = save_image(Path("x.png"))
+    code = gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "gen", option, value,
+                     str(image)])
+    assert code == gen.EXIT_MODEL_ERROR and expected in caplog.text, caplog.text
+    assert not Path("gen").exists()
+
+
+def test_the_config_and_the_cli_share_one_sampling_check():
+    from i2a.config import ConfigError, check_sampling_values
+
+    check_sampling_values({"temperature": 1e-3, "top_k": 16, "seed": 2 ** 32 - 1}, n_codes=16)
+    with pytest.raises(ConfigError, match=r"config key sampling.temperature: nan is not a finite number"):
+        check_sampling_values({"temperature": float("nan")})
+    with pytest.raises(ConfigError, match=r"--top-k: 17 is larger than the codebook \(16 codes\)"):
+        check_sampling_values({"top_k": 17}, n_codes=16, label=lambda key: "--" + key.replace("_", "-"))
+
+
+def test_a_negative_seed_for_the_no_feats_baseline_is_refused_by_the_api(tmp_path, encoder):
+    """26.17: the no-feats baseline's noise cannot be seeded with a negative number; refused before anything runs."""
+    image = save_image(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="seed: -3 is not a whole number from 0 to 4294967295"):
+        gen.generate(tiny_model(encoder, features=False), [image], tmp_path / "out", seed=-3, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_samples_beyond_the_batch_size_are_drawn_in_batches(tmp_path, encoder, monkeypatch):
+    """26.15: no forward pass holds more rows than --batch-size, whatever --samples is; the sounds are the same."""
+    from i2a.models import gpt as gpt_module
+
+    rows = []
+    real = gpt_module.sample_tokens
+
+    def counting(model, feats, *args, **kwargs):
+        rows.append(len(feats))
+        return real(model, feats, *args, **kwargs)
+
+    model = tiny_model(encoder)
+    a, b = save_image(tmp_path / "a.png", seed=1), save_image(tmp_path / "b.png", seed=2)
+    whole = gen.generate(model, [a, b], tmp_path / "whole", samples=5, seed=2, batch_size=64, keep_mels=True,
+                         progress=False)
+    monkeypatch.setattr(gpt_module, "sample_tokens", counting)
+    batched = gen.generate(model, [a, b], tmp_path / "batched", samples=5, seed=2, batch_size=2, keep_mels=True,
+                           progress=False)
+    assert max(rows) <= 2 and sum(rows) == 10, rows
+    for one, other in zip(whole, batched):
+        np.testing.assert_allclose(one.mels, other.mels, atol=1e-5)
+        assert [p.name for p in other.wavs] == [f"{one.path.stem}_sample{k:02d}.wav" for k in range(5)]
+
+
+def test_an_input_folder_is_refused_as_the_output_folder(trained_run, caplog):
+    """26.16: --out naming an input's folder would overwrite the user's files and feed the outputs back in."""
+    folder = Path("photos")
+    folder.mkdir()
+    save_image(folder / "a.png")
+    mine = folder / "a_sample00.wav"
+    mine.write_bytes(b"the user's own recording")
+    for inputs in ([str(folder)], [str(folder / "a.png")], ["./photos/"]):
+        caplog.clear()
+        code = gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "photos", *inputs])
+        assert code == gen.EXIT_MODEL_ERROR and "--out photos holds the inputs" in caplog.text, caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_sample00.wav"]
+    assert mine.read_bytes() == b"the user's own recording"
+
+
+def test_a_file_not_written_by_generate_is_never_overwritten(tmp_path, encoder):
+    """26.16: an output folder holding the user's own file of an output's name: that input is refused, the file
+    kept; a file generate wrote before is replaced."""
+    out = tmp_path / "out"
+    out.mkdir()
+    a, b = save_image(tmp_path / "a.png", seed=1), save_image(tmp_path / "b.png", seed=2)
+    (out / "a_spectrogram.png").write_bytes(b"the user's own picture")
+    model = tiny_model(encoder)
+    first = gen.generate(model, [a, b], out, progress=False)
+    assert "would overwrite" in first[0].error and "a_spectrogram.png" in first[0].error
+    assert (out / "a_spectrogram.png").read_bytes() == b"the user's own picture"
+    assert not (out / "a_sample00.wav").exists() and first[1].error is None
+    before = first[1].wavs[0].read_bytes()
+    again = gen.generate(model, [b], out, seed=1, progress=False)  # our own outputs are replaced
+    assert again[0].error is None and again[0].wavs[0].read_bytes() != before
+
+
+def test_an_out_that_is_a_file_is_a_clear_error(trained_run, caplog):
+    Path("taken").write_text("a file")
+    code = gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "taken",
+                     str(save_image(Path("x.png")))])
+    assert code == gen.EXIT_MODEL_ERROR and "--out taken is a file, not a folder" in caplog.text, caplog.text
+    assert Path("taken").read_text() == "a file"
+
+
+# ---------------------------------------------------------------- figure, --help, Python API (issue 24.7)
+
+def test_the_spectrogram_figure_is_labelled_one_panel_per_sample_with_its_seed():
+    mel = MelSpec(keep_frames=172, crop_frames=CROP_FRAMES)
+    mels = np.random.default_rng(0).random((3, N_MELS, CROP_FRAMES)).astype(np.float32)
+    fig = gen.spectrogram_figure(mels, [7, 8, 9], mel, "a.png: tiny")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title(loc="left") for ax in panels] == ["sample 0, seed 7", "sample 1, seed 8", "sample 2, seed 9"]
+    assert panels[-1].get_xlabel() == "time (s)" and all(ax.get_ylabel() == "frequency (Hz)" for ax in panels)
+    assert panels[0].get_xlim() == pytest.approx((0, CROP_FRAMES * 256 / 22050))  # 1.86 s of sound
+    hz = [float(t.get_text()) for t in panels[0].get_yticklabels()]
+    assert hz == sorted(hz) and mel.fmin < hz[0] < 200 and 6000 < hz[-1] < mel.fmax  # mel bin centres, low at bottom
+    assert fig._suptitle.get_text() == "a.png: tiny"
+
+
+def test_help_lists_the_runs_of_the_given_config(trained_run, capsys):
+    with pytest.raises(SystemExit) as stop:
+        gen.main(["generate", "--config", str(trained_run), "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and f"runs of {trained_run} (--run NAME):" in out
+    assert "tiny" in out and "resnet18 features, trained" in out, out
+    with pytest.raises(SystemExit):
+        gen.main(["generate", "--help", "--config", str(REPO / "config/demo.yaml")])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ["resnet18-s5", "clip-s5", "no-feats"]) and "not trained here yet" in out
+
+
+def test_the_python_api_returns_the_waveforms_the_cli_writes(trained_run):
+    model = gen.load(config=trained_run, run="tiny", device="cpu")
+    image = save_image(Path("x.png"), seed=4)
+    wave = model.generate(image, seed=4)
+    assert wave.dtype == np.float32 and wave.shape == (CROP_FRAMES * 256,) and model.sample_rate == 22050
+    np.testing.assert_array_equal(model.generate(Image.open(image), seed=4), wave)  # a PIL image
+    np.testing.assert_array_equal(model.generate(np.asarray(Image.open(image)), seed=4), wave)  # an array
+    waves = model.generate(str(image), samples=3, seed=4, batch_size=1)
+    assert waves.shape == (3, CROP_FRAMES * 256)
+    np.testing.assert_array_equal(waves[0], wave)
+    assert gen.main(["generate", "--config", str(trained_run), "--run", "tiny", "--out", "gen", "--samples", "3",
+                     "--seed", "4", "--batch-size", "1", str(image)]) == 0
+    for k in range(3):
+        written, _ = soundfile.read(f"gen/x_sample{k:02d}.wav", dtype="float32")
+        np.testing.assert_allclose(written, np.clip(waves[k], -1, 1), atol=2 / 32767)
+    with pytest.raises(ValueError, match="temperature: nan is not a finite number"):
+        model.generate(image, temperature=float("nan"))
+    with pytest.raises(gen.InputError, match="uint8 RGB"):
+        model.generate(np.zeros((64, 64), np.float32))
+
+
+# ---------------------------------------------------------------- i2a app (issue 24.8)
+
+@pytest.fixture
+def app_server(trained_run):
+    """`i2a app` on the tiny trained run, on a free port of 127.0.0.1, serving in a thread."""
+    import threading
+
+    from i2a.app import App, make_server
+
+    model = gen.load(config=trained_run, run="tiny", device="cpu")
+    server = make_server(App(model, samples=2, max_upload=2 ** 20, workdir=Path("app")), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def demo_image(path: Path) -> Path:
+    """A frame of the demo's data: a synthetic clip's class shape (what README's photo.png is)."""
+    from i2a.data.synthetic import class_set, render_clip
+
+    frames, _ = render_clip(class_set(4)[1], np.random.default_rng(23), 1.0, 8.0, 22050, (96, 96))
+    Image.fromarray(frames[len(frames) // 2]).save(path)
+    return path
+
+
+def _post(url: str, name: str, data: bytes, fields: dict[str, str] | None = None):
+    import urllib.error
+    import urllib.request
+    import uuid
+
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in (fields or {}).items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url + "/generate", body, {"Content-Type": f"multipart/form-data; boundary="
+                                                                               f"{boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_app_says_why_an_upload_cannot_be_used(app_server):
+    status, page = _post(app_server, "notes.txt", b"my notes")
+    assert status == 400 and "is neither an image" in page
+    status, page = _post(app_server, "broken.png", b"not a png")
+    assert status == 400 and "not a readable image" in page
+    status, page = _post(app_server, "big.png", b"x" * (2 ** 20 + 1))
+    assert status == 413 and "more than this page takes" in page
+    status, page = _post(app_server, "x.png", save_image(Path("x.png")).read_bytes(), {"seed": "-1"})
+    assert status == 400 and "seed: -1 is not a whole number" in page
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(app_server + "/files/00001/../../config/tiny.yaml")
+    assert missing.value.code == 404
+
+
+def test_the_app_generates_sound_for_the_demos_image_in_a_browser(app_server, tmp_path):
+    """24.8: Chromium uploads the demo's picture; the page plays WAVs that decode, shows the figure, offers
+    downloads."""
+    import shutil
+    import urllib.request
+
+    from test_workflow import CHROMIUM_FLAGS, NO_BROWSER
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip(NO_BROWSER)
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev dependency group")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    try:
+        driver.get(app_server + "/")
+        driver.find_element(By.ID, "file").send_keys(str(demo_image(tmp_path / "photo.png")))
+        driver.find_element(By.ID, "generate").click()
+        WebDriverWait(driver, 180).until(lambda d: d.find_elements(By.TAG_NAME, "audio"))
+        audio = driver.find_elements(By.TAG_NAME, "audio")
+        assert len(audio) == 2
+        # the browser itself loads the sound and the figure
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('audio')].every(a => a.readyState >= 1 && a.duration > 1)"
+            " && document.getElementById('spectrogram').naturalWidth > 0"))
+        for element in audio:
+            with urllib.request.urlopen(element.get_attribute("src")) as response:
+                wav, rate = soundfile.read(io.BytesIO(response.read()), dtype="float32")
+            assert rate == 22050 and len(wav) == CROP_FRAMES * 256 and np.abs(wav).max() > 0
+        links = driver.find_elements(By.CSS_SELECTOR, "a[download]")
+        assert [link.get_attribute("download") for link in links] == ["photo_sample00.wav", "photo_sample01.wav"]
+    finally:
+        driver.quit()
+
+
+def test_generate_computes_in_the_configs_precisions_and_logs_them(trained_run, monkeypatch, caplog):
+    """i2a generate sets features.precision for the backbone and sampling.precision for the GPT, as the workflow's
+    jobs do, and says so; a bf16 sampler is handed the bf16 dtype."""
+    import logging
+
+    import i2a.models.gpt as gpt_module
+    import i2a.precision
+
+    config = yaml.safe_load(trained_run.read_text())
+    config["features"]["precision"] = "tf32"
+    config["sampling"]["precision"] = "bf16"
+    trained_run.write_text(yaml.safe_dump(config))
+    seen = []
+    real_set, real_sample = i2a.precision.set_precision, gpt_module.sample_tokens
+    monkeypatch.setattr(gen, "set_precision", lambda name: (seen.append(name), real_set(name))[1])
+    monkeypatch.setattr(gpt_module, "sample_tokens",
+                        lambda *a, **kw: (seen.append(kw["dtype"]), real_sample(*a, **kw))[1])
+    caplog.set_level(logging.INFO, logger="i2a.generate")
+    model = gen.load(config=str(trained_run), run="tiny")
+    try:
+        model.generate(save_image(Path("x.png")))
+    finally:
+        real_set("fp32")
+    assert seen[:3] == ["tf32", "bf16", torch.bfloat16], seen
+    assert "features precision: tf32" in caplog.text and "sampling precision: bf16" in caplog.text, caplog.text

@@ -1,4 +1,4 @@
-"""The installed `i2a` command: `i2a generate` (sound for your own images and videos), `i2a plan` (what the
+"""The installed `i2a` command: `i2a generate` and `i2a app` (sound for your own images and videos), `i2a plan` (what the
 study would ask a SLURM cluster for) and `i2a calibrate` (the machine's throughput the plan is sized from)."""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Sequence
 
 COMMANDS = {
     "generate": ("i2a.generate", "sound for your own images and videos with a run's or a released model"),
+    "app": ("i2a.generate", "a local web page to try a model: upload a picture or a video, hear its sounds"),
     "plan": ("i2a.plan", "expected and requested hours per rule and training run on SLURM (make plan)"),
     "calibrate": ("i2a.calibrate", "measure this machine's throughput for each compute-heavy rule"),
 }
@@ -22,8 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n`i2a <command> --help` for its options")
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    # generate's own parser names its subcommand; plan and calibrate parse only their options
-    return module.main(argv if argv[0] == "generate" else argv[1:])
+    # generate's own parser names its subcommands (generate, app); plan and calibrate parse only their options
+    return module.main(argv if argv[0] in ("generate", "app") else argv[1:])
 
 
 if __name__ == "__main__":

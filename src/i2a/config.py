@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 
 # the lowest sampling temperature: below it the logits / temperature overflow and one code is sampled every time
 MIN_TEMPERATURE = 1e-3
+SEED_LIMIT = 2 ** 32  # seeds are whole numbers in [0, 2**32): numpy's and Lightning's range (the schema's $defs/seed)
 
 
 def key_path(path) -> str:
@@ -69,6 +70,7 @@ def load_schema(path: str | Path) -> dict[str, Any]:
         name: {"$ref": "#/$defs/backbone", "default": {}} for name in BACKBONES}
     schema["properties"]["checkpoints"]["propertyNames"] = {"enum": list(RELEASED)}
     schema["properties"]["sampling"]["properties"]["temperature"]["minimum"] = MIN_TEMPERATURE
+    defs["seed"]["maximum"] = SEED_LIMIT - 1
     return schema
 
 
@@ -211,9 +213,7 @@ def check_config_semantics(config: dict[str, Any]) -> None:
         if size is not None and patch and size % patch:
             raise ConfigError(f"config key backbones.{name}.image_size: {size} is not a multiple of the model's "
                               f"{patch}-pixel patches")
-    if config["sampling"]["top_k"] > codebook_size(config):
-        raise ConfigError(f"config key sampling.top_k: {config['sampling']['top_k']} is larger than the codebook "
-                          f"(codebook.model.n_embed: {codebook_size(config)} codes)")
+    check_sampling_values(config["sampling"], n_codes=codebook_size(config))
     for section in ("codebook", "vocoder", "melception"):
         if config[section].get("path"):
             _check_weights(f"{section}.path", config[section]["path"])
@@ -243,6 +243,38 @@ def check_config_semantics(config: dict[str, Any]) -> None:
     if (melception["source"] == "released" or melception["path"]) and not melception["stats"] \
             and "melception_stats" not in RELEASED:
         raise ConfigError("config key melception.stats: the released Melception needs its per-mel-bin statistics")
+
+
+
+
+def _sampling_key(key: str) -> str:
+    return f"config key sampling.{key}"
+
+
+def check_sampling_values(values: dict[str, Any], n_codes: int | None = None, label=_sampling_key) -> None:
+    """The sampler's temperature, top_k and seed, wherever they come from (the config's `sampling:`, `i2a
+    generate`'s options): one check, so the CLI refuses what the config refuses. NaN passes every range check of
+    the schema, hence the explicit finite test. `label(key)` names the value in the error."""
+    import math
+    import numbers
+
+    temperature = values.get("temperature")
+    if temperature is not None:
+        if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature):
+            raise ConfigError(f"{label('temperature')}: {temperature!r} is not a finite number")
+        if temperature < MIN_TEMPERATURE:
+            raise ConfigError(f"{label('temperature')}: {temperature!r} is below {MIN_TEMPERATURE} (the logits "
+                              "would underflow to one code); for the most likely codes use top_k: 1")
+    top_k = values.get("top_k")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+            raise ConfigError(f"{label('top_k')}: {top_k!r} is not a whole number >= 1")
+        if n_codes is not None and top_k > n_codes:
+            raise ConfigError(f"{label('top_k')}: {top_k} is larger than the codebook ({n_codes} codes)")
+    seed = values.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < SEED_LIMIT):
+        raise ConfigError(f"{label('seed')}: {seed!r} is not a whole number from 0 to {SEED_LIMIT - 1}")
 
 
 def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
