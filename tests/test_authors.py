@@ -19,7 +19,7 @@ from loopback import ranged, serve, tar_bytes
 from i2a.data import authors
 from i2a.data.clips import Shard, read_clip_table
 from i2a.features.extract import pad_and_crop
-from test_workflow import copy_workflow, job_counts, snakemake
+from workflow_helpers import copy_workflow, job_counts, snakemake
 
 MELS_TAR = "dog_melspec_10s_22050hz.tar"
 FEATS_TAR = "dog_feature_resnet50_dim2048_21.5fps.tar"

@@ -643,7 +643,7 @@ def test_an_unreadable_record_is_stale_once_its_writer_is_gone(tmp_path, text, c
 
 
 def test_the_workflow_refuses_unlock_while_a_run_is_alive_and_still_plans(other_run, tmp_path):
-    from test_workflow import copy_workflow, snakemake
+    from workflow_helpers import copy_workflow, snakemake
 
     proc, record = other_run
     wf = copy_workflow(tmp_path)
@@ -671,7 +671,7 @@ def test_a_released_codebook_fixes_the_vocabulary(tmp_path):
 def test_the_workflow_relists_a_local_folder_whose_clips_changed(tmp_path):
     """Issue 12.5 through Snakemake itself: list_clips' `listing` param carries the folder's digest, so a clip added
     after a listing reruns list_clips."""
-    from test_workflow import copy_workflow, snakemake, write_config
+    from workflow_helpers import copy_workflow, snakemake, write_config
 
     raw = tmp_path / "raw"
     frames, audio = toy_clip(0.3, seed=1)

@@ -633,7 +633,7 @@ def test_the_app_generates_sound_for_the_demos_image_in_a_browser(app_server, tm
     import shutil
     import urllib.request
 
-    from test_workflow import CHROMIUM_FLAGS, NO_BROWSER
+    from workflow_helpers import CHROMIUM_FLAGS, NO_BROWSER
 
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and chromedriver):

@@ -41,7 +41,7 @@ def _memory_script():
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     """The rehearsal DAG, run once in a copy of the workflow (src linked: the code under test)."""
-    from test_workflow import copy_workflow
+    from workflow_helpers import copy_workflow
 
     workdir = copy_workflow(tmp_path_factory.mktemp("rehearsal"))
     shutil.copytree(REPO / "profiles", workdir / "profiles")  # benchmarks/rehearsal_memory.py reads the profile

@@ -17,7 +17,7 @@ from conftest import REPO
 from loopback import serve, tar_bytes
 from i2a.config import ConfigError, validate_config
 from i2a.models import released as registry
-from test_workflow import copy_workflow, planned_jobs, snakemake
+from workflow_helpers import copy_workflow, planned_jobs, snakemake
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 STUDY = yaml.safe_load((REPO / "config/config.yaml").read_text())

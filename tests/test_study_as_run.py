@@ -186,7 +186,7 @@ def test_the_overlay_plans_the_whole_table():
     """`snakemake -n` with the overlay: every trained row is trained on its inputs (ResNet50 rows on the authors'
     features, the others on features extracted here from the videos of the authors' clips), with the codebook's
     last.ckpt, and sampled, scored and tabled."""
-    from test_workflow import job_counts, planned_jobs, snakemake
+    from workflow_helpers import job_counts, planned_jobs, snakemake
 
     result = snakemake("-n", "results/as-run/table.csv", "--configfile", "config/study-as-run.yaml")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -15,7 +15,7 @@ import yaml
 from conftest import shared_path
 from i2a.data.clips import Shard, read_clip_table
 from media_files import toy_clip, write_streams
-from test_workflow import copy_workflow, snakemake
+from workflow_helpers import copy_workflow, snakemake
 
 CLASSES = ("cough", "dog", "drum", "hammer")
 BAD = {"dog/empty": "empty file", "dog/notes": "not a readable video", "drum/truncated": "not a readable video",
