@@ -241,6 +241,12 @@ def bucket_schedule(n_tokens: int, bucket: int) -> list[tuple[int, int]]:
     return schedule
 
 
+def own_slots(n_tokens: int, bucket: int) -> int:
+    """A row's own cache: its tokens 0 .. n_tokens - 2 (the last one is drawn, never attended to), rounded up to
+    whole buckets (exact reads: to 16 slots)."""
+    return -(-max(1, n_tokens - 1) // (bucket or 16)) * (bucket or 16)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of q (N, H, Q, hd) over k, v (N, H, K, hd): (output (N, H, Q, hd), fp32 log-sum-exp of
@@ -322,10 +328,8 @@ class TokenSampler:
         hd = cfg.embed // cfg.heads
         self.prefix_k = torch.zeros((cfg.layers, self.n_videos, cfg.heads, S, hd), device=device, dtype=dtype)
         self.prefix_v = torch.zeros_like(self.prefix_k)
-        # a row's own tokens 0 .. n_tokens - 2 (the last one is drawn, never attended to), rounded up to whole
-        # buckets (or 16 slots); zeros, not empty: a masked slot has weight exactly 0, and 0 * garbage could be NaN
-        capacity = max(1, n_tokens - 1)
-        capacity = -(-capacity // (self.bucket or 16)) * (self.bucket or 16)
+        # zeros, not empty: a masked slot has weight exactly 0, and 0 * garbage could be NaN
+        capacity = own_slots(n_tokens, self.bucket)
         self.k = torch.zeros((cfg.layers, B, cfg.heads, capacity, hd), device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.slots = torch.arange(capacity, device=device)
@@ -436,7 +440,7 @@ class TokenSampler:
 def kv_cache_bytes(cfg: GPTConfig, rows: int, videos: int, S: int, n_tokens: int, dtype: torch.dtype,
                    bucket: int = CUDA_BUCKET) -> int:
     """Bytes of TokenSampler's key/value caches: one prefix per video, each row's own tokens (whole buckets)."""
-    own = -(-max(1, n_tokens - 1) // (bucket or 16)) * (bucket or 16)
+    own = own_slots(n_tokens, bucket)
     return 2 * cfg.layers * (videos * S + rows * own) * cfg.embed * dtype.itemsize
 
 
