@@ -694,3 +694,13 @@ def test_generate_computes_in_the_configs_precisions_and_logs_them(trained_run, 
         real_set("fp32")
     assert seen[:3] == ["tf32", "bf16", torch.bfloat16], seen
     assert "features precision: tf32" in caplog.text and "sampling precision: bf16" in caplog.text, caplog.text
+
+
+def test_a_config_with_batch_size_auto_generates(trained_run):
+    """`sampling.batch_size: auto` (the workflow sizes it from the GPU's memory) is sized the same way here."""
+    config = yaml.safe_load(trained_run.read_text())
+    config["sampling"]["batch_size"] = "auto"
+    trained_run.write_text(yaml.safe_dump(config))
+    model = gen.load(config=str(trained_run), run="tiny")
+    waves = model.generate(save_image(Path("x.png")), samples=2)
+    assert waves.shape[0] == 2 and np.isfinite(waves).all()

@@ -9,8 +9,8 @@ from conftest import shared_path
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from i2a.models.gpt import (GPT, TokenSampler, load_transformer, random_features, sample_frame_indices,
-                            sample_tokens)
+from i2a.models.gpt import (GPT, TokenSampler, bucket_schedule, kv_cache_bytes, load_transformer,
+                            random_features, rows_by_video, sample_frame_indices, sample_tokens)
 from i2a.runspec import GPTConfig
 
 TINY = GPTConfig(vocab_size=32, block_size=24, layers=2, heads=2, embed=16, feat_dim=6)
@@ -104,9 +104,9 @@ def test_cached_sampler_equals_full_recompute():
     cached = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=True)
     assert plain.shape == (3, 20) and plain.dtype == torch.long
     assert torch.equal(plain, cached)
-    # the fixed-shape step (what CUDA captures as a graph) gives them too
-    fixed = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=True, fixed_shapes=True)
-    assert torch.equal(plain, fixed)
+    # the bucketed step (what CUDA captures as one graph per bucket) gives them too
+    bucketed = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=True, bucket=8)
+    assert torch.equal(plain, bucketed)
     assert 0 <= int(cached.min()) and int(cached.max()) < TINY.vocab_size
     # the conditioning matters and different seeds differ
     other = sample_tokens(model, feats, 20, top_k=8, seeds=[21, 22, 23])
@@ -129,16 +129,81 @@ def test_sampling_standardises_features_as_training_did():
     assert not torch.equal(sample_tokens(model, trained_on, 20, top_k=8, seeds=[1, 2, 3]), expected)
 
 
-@pytest.mark.parametrize("fixed_shapes", [False, True])
-def test_rows_do_not_depend_on_their_batch(fixed_shapes):
+@pytest.mark.parametrize("bucket", [0, 8])
+def test_rows_do_not_depend_on_their_batch(bucket):
     model = _tiny_model(1)
     feats = torch.randn(4, 6, 4)
-    together = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3, 4], fixed_shapes=fixed_shapes)
-    alone = torch.cat([sample_tokens(model, feats[i:i + 1], 20, top_k=8, seeds=[s], fixed_shapes=fixed_shapes)
+    together = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3, 4], bucket=bucket)
+    alone = torch.cat([sample_tokens(model, feats[i:i + 1], 20, top_k=8, seeds=[s], bucket=bucket)
                        for i, s in enumerate([1, 2, 3, 4])])
     assert torch.equal(together, alone)
-    swapped = sample_tokens(model, feats[[2, 0]], 20, top_k=8, seeds=[3, 1], fixed_shapes=fixed_shapes)
+    swapped = sample_tokens(model, feats[[2, 0]], 20, top_k=8, seeds=[3, 1], bucket=bucket)
     assert torch.equal(swapped, together[[2, 0]])
+
+
+def _model_for(S, n_tokens=20, seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=32, block_size=S + n_tokens - 1, layers=2, heads=2, embed=16, feat_dim=6))
+    with torch.no_grad():
+        model.head.weight.mul_(40)
+    return model.eval()
+
+
+@pytest.mark.parametrize("S", [1, 5, 212])
+def test_shared_prefix_gives_the_full_recomputes_tokens(S):
+    """3 videos with 4, 2 and 3 samples, rows out of video order: the prefix computed once per video (cascade
+    attention, merged by log-sum-exp) draws the full recompute's tokens, exactly and in buckets, and the same as
+    every row keeping its own prefix; each row with its own seed."""
+    model = _model_for(S)
+    feats = torch.randn(3, 6, S)
+    video_of_row = torch.tensor([0, 1, 0, 2, 0, 2, 1, 0, 2])
+    seeds = [7 * r + 1 for r in range(9)]
+    full = sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds, cache=False)
+    for bucket in (0, 8, 32):
+        assert torch.equal(sample_tokens(model, feats, 20, top_k=8, seeds=seeds, video_of_row=video_of_row,
+                                         bucket=bucket), full), bucket
+    # found from the rows' features when not given, and the per-row prefix (the sampler before) agrees
+    assert torch.equal(sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds), full)
+    assert torch.equal(sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds, share_prefix=False), full)
+    # the samples of one video depend on the video, not only on the seed
+    assert not torch.equal(full[0], sample_tokens(model, feats[1:2], 20, top_k=8, seeds=seeds[:1])[0])
+
+
+def test_batches_that_split_a_videos_samples_give_the_same_tokens():
+    """2 videos x 5 samples sampled at once, and in batches of 3 rows that cut through the videos' groups."""
+    model = _model_for(5, seed=3)
+    feats = torch.randn(2, 6, 5)
+    video_of_row = torch.arange(2).repeat_interleave(5)
+    seeds = list(range(100, 110))
+    whole = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, video_of_row=video_of_row)
+    pieces = torch.cat([sample_tokens(model, feats, 20, top_k=8, seeds=seeds[i:i + 3],
+                                      video_of_row=video_of_row[i:i + 3], bucket=8) for i in range(0, 10, 3)])
+    assert torch.equal(whole, pieces)
+    assert torch.equal(whole, sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds, cache=False))
+
+
+def test_the_prefix_is_kept_once_per_video():
+    model = _model_for(5)
+    video_of_row = torch.tensor([0, 0, 0, 1, 1, 1])
+    sampler = TokenSampler(model, 5, torch.rand(6, 20), video_of_row, top_k=8)
+    assert sampler.prefix_k.shape[:2] == (2, 2) and sampler.prefix_k.shape[3] == 5  # layers, videos, heads, S
+    assert sampler.k.shape[:2] == (2, 6) and sampler.k.shape[3] == 32  # own: 19 tokens in 16-slot blocks
+    unique, index = rows_by_video(torch.randn(2, 6, 5)[video_of_row])
+    assert unique.shape == (2, 6, 5) and index.tolist() in ([0, 0, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0])
+    cfg = GPTConfig(layers=24)  # the study's: one prefix per video instead of one per sample
+    shared = kv_cache_bytes(cfg, rows=100, videos=1, S=212, n_tokens=265, dtype=torch.bfloat16)
+    per_row = kv_cache_bytes(cfg, rows=100, videos=100, S=212, n_tokens=265, dtype=torch.bfloat16)
+    assert shared == 2 * 24 * (212 + 100 * 320) * 1024 * 2 and per_row > 1.6 * shared
+
+
+def test_bucket_schedule():
+    """Step t reads its t filled slots rounded up to the bucket: 264 steps of the 265-token VAS grid in 5 graphs."""
+    assert bucket_schedule(265, 64) == [(64, 64), (128, 64), (192, 64), (256, 64), (320, 8)]
+    assert bucket_schedule(6, 0) == [(1, 1), (2, 1), (3, 1), (4, 1), (5, 1)]
+    assert bucket_schedule(33, 32) == [(32, 32)] and bucket_schedule(1, 32) == []
+    assert sum(steps for _, steps in bucket_schedule(265, 32)) == 264
+    with pytest.raises(ValueError):
+        bucket_schedule(10, -1)
 
 
 def test_large_batch_rows_match_small_batches():
@@ -146,7 +211,7 @@ def test_large_batch_rows_match_small_batches():
     model = _tiny_model(4)
     feats = torch.randn(300, 6, 4)
     seeds = list(range(100, 400))
-    big = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, fixed_shapes=True)
+    big = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, bucket=8)
     for rows in ([0, 1, 2], [150, 151, 299]):
         assert torch.equal(big[rows], sample_tokens(model, feats[rows], 20, top_k=8, seeds=[seeds[r] for r in rows]))
 
@@ -166,29 +231,30 @@ class _RecordOps(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _step_ops(sampler):
+def _step_ops(sampler, keys):
     with torch.no_grad(), _RecordOps() as rec:
-        sampler.step()
+        sampler.step(keys)
     return rec.ops
 
 
-def test_fixed_shape_step_runs_the_same_ops_on_the_same_shapes():
-    """What a CUDA graph needs: step t and step t + k run identical ops with identical shapes and arguments."""
+def test_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes():
+    """What a CUDA graph per bucket needs: the steps of one bucket run identical ops with identical shapes and
+    arguments; the next bucket reads more slots (another graph); exact slices change every step (the CPU's)."""
     model = _tiny_model(5)
     feats, u = torch.randn(3, 6, 4), torch.rand(3, 12)
-    sampler = TokenSampler(model, 4, u, top_k=8, fixed_shapes=True)
+    sampler = TokenSampler(model, 4, u, top_k=8, bucket=4)
     with torch.no_grad():
         sampler.prefill(feats)
-    first = _step_ops(sampler)
+    first = _step_ops(sampler, 4)  # step 1 of bucket (1..4]
     assert any("index_copy" in op for op, _ in first) and any("topk" in op for op, _ in first)
-    for _ in range(5):
-        sampler.step()
-    assert _step_ops(sampler) == first
-    # the recorder does see a shape that changes: the CPU's growing prefix
-    prefix = TokenSampler(model, 4, u, top_k=8, fixed_shapes=False)
+    sampler.step(4)
+    assert _step_ops(sampler, 4) == first  # step 3
+    sampler.step(4)
+    assert _step_ops(sampler, 8) != first  # step 5: the next bucket
+    exact = TokenSampler(model, 4, u, top_k=8, bucket=0)
     with torch.no_grad():
-        prefix.prefill(feats)
-    assert _step_ops(prefix) != _step_ops(prefix)
+        exact.prefill(feats)
+    assert _step_ops(exact, 1) != _step_ops(exact, 2)
 
 
 def test_sampler_linears_are_reordered_for_onednn_on_the_cpu():
@@ -211,7 +277,7 @@ def test_sampler_linears_are_reordered_for_onednn_on_the_cpu():
 def test_bf16_sampling_runs():
     model = _tiny_model(6)
     feats = torch.randn(2, 6, 4)
-    tokens = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2], dtype=torch.bfloat16, fixed_shapes=True)
+    tokens = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2], dtype=torch.bfloat16, bucket=8)
     assert tokens.shape == (2, 20) and 0 <= int(tokens.min()) and int(tokens.max()) < TINY.vocab_size
 
 

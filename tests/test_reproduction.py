@@ -200,6 +200,17 @@ def test_training_precision_reruns_exactly_that_run(touched_demo, tmp_path):
         ("plot_loss_curve", run), ("sample_tokens", f"{run}/samples"), ("vocode", run)]
 
 
+def test_sampling_precision_resamples_every_run_and_nothing_before(touched_demo, tmp_path):
+    """sampling.precision is a sampling setting: every sample set is redrawn (the precision control then in fp32),
+    no transformer is retrained."""
+    jobs = rerun_after(touched_demo, tmp_path, lambda c: c["sampling"].update(precision="bf16"))
+    assert not {r for r, _ in jobs} & {"train_gpt", "extract_features", "train_codebook", "encode_tokens"}
+    assert sorted(run for r, run in jobs if r == "sample_tokens") == [
+        "clip-s5/fp32", "clip-s5/samples", "clip-s5/shuffled", "no-feats/samples", "resnet18-s5/fp32",
+        "resnet18-s5/samples", "resnet18-s5/shuffled"]
+    assert sorted(run for r, run in jobs if r == "compare_precision") == ["clip-s5", "resnet18-s5"]
+
+
 def test_feature_precision_and_storage_rerun_the_features_and_the_runs_using_them(touched_demo, tmp_path):
     for edit in (lambda c: c["features"].update(precision="bf16"), lambda c: c["features"].update(dtype="float16")):
         jobs = rerun_after(touched_demo, tmp_path, edit)

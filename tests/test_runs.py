@@ -79,3 +79,52 @@ def test_table_rows_carry_hyperparameters_curve_and_scores(tmp_path):
     assert (row["seeds"], row["samples_per_video"], row["KL_seed_sd"], row["FID_seed_sd"]) == (3, 10, 0.05, 0.7)
     # the scores come right after the run's name, so they are not the columns that fall off a screen
     assert list(table.columns[:4]) == ["run", "kind", "features", "KL"]
+
+
+def test_a_job_uses_exactly_its_rules_threads(tmp_path):
+    """start_job takes the rule's `threads` for torch's intra- and inter-op pools and OpenMP's environment, over
+    whatever the environment said (a fresh process: the inter-op pool can be sized only once)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, types
+os.environ["OMP_NUM_THREADS"] = "7"
+from i2a.jobs import start_job
+smk = types.SimpleNamespace(log=[r"{tmp_path / 'job.log'}"], threads=3, rule="sample_tokens",
+                            wildcards=types.SimpleNamespace(items=lambda: []))
+start_job(smk)
+import torch
+print(os.environ["OMP_NUM_THREADS"], os.environ["MKL_NUM_THREADS"], torch.get_num_threads(),
+      torch.get_num_interop_threads(), file=open(r"{tmp_path / 'out.txt'}", "w"))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert (tmp_path / "out.txt").read_text().split() == ["3", "3", "3", "3"]
+    assert "rule sample_tokens: 3 thread(s)" in (tmp_path / "job.log").read_text()
+
+
+def test_batch_size_auto_fills_the_gpu_and_is_bounded_on_the_cpu(monkeypatch, caplog):
+    """auto: on a GPU, as many whole videos as the free memory holds (caches and activations per video); on a CPU
+    AUTO_CPU_ROWS sequences; a number: sequences rounded down to whole videos."""
+    import logging
+
+    from i2a.models.gpt import GPT, kv_cache_bytes
+    from i2a.samples import AUTO_CPU_ROWS, videos_per_batch
+
+    with torch.device("meta"):
+        gpt = GPT(GPTConfig(layers=24))  # the study's shape, nothing allocated
+    assert videos_per_batch(64, 10, gpt, 212, 265, torch.float32, torch.device("cpu")) == 6
+    assert videos_per_batch(5, 10, gpt, 212, 265, torch.float32, torch.device("cpu")) == 1
+    with caplog.at_level(logging.INFO, logger="i2a.samples"):
+        assert videos_per_batch("auto", 10, gpt, 212, 265, torch.float32, torch.device("cpu")) == AUTO_CPU_ROWS // 10
+    assert "6 videos x 10 samples = 60 sequences per batch" in caplog.text
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (120 * gib, 141 * gib))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="i2a.samples"):
+        bf16 = videos_per_batch("auto", 100, gpt, 212, 265, torch.bfloat16, torch.device("cuda"))
+    caches = kv_cache_bytes(gpt.config, 100, 1, 212, 265, torch.bfloat16)
+    assert bf16 * caches < 120 * gib < (bf16 + 1) * caches * 1.2  # fills it, within the headroom
+    assert f"{bf16} videos x 100 samples" in caplog.text and "free" in caplog.text
+    fp32 = videos_per_batch("auto", 100, gpt, 212, 265, torch.float32, torch.device("cuda"))
+    assert fp32 < bf16 and fp32 >= 1

@@ -155,6 +155,30 @@ def test_the_demo_shows_the_science(demo):
         assert interval in sentence.group(2)
 
 
+def test_bf16_sampling_scores_like_fp32_on_the_demo(demo):
+    """sampling.precision is what the sampler computes in: each conditioned run sampled again in bf16 draws other
+    tokens (any rounding change diverges a sampled sequence), and its paired dKL against the fp32 samples (same
+    videos, same seeds) has an interval that covers 0: the faster arithmetic does not change the result."""
+    workdir, _ = demo
+    results = workdir / "results/demo"
+    comparisons = pd.read_csv(results / "comparisons.csv")
+    precision = comparisons[comparisons["relation"] == "bf16 vs fp32"].set_index("against")
+    conditioned = [r["name"] for r in yaml.safe_load((workdir / "config/demo.yaml").read_text())["runs"]
+                   if r["features"] != "none"]
+    print(precision.to_string())
+    assert sorted(precision.index) == sorted(conditioned)
+    for run in conditioned:
+        line = precision.loc[run]
+        assert line["row"] == f"{run}+bf16" and line["videos"] > 0
+        assert line["dKL_low"] <= 0 <= line["dKL_high"], line
+        fp32 = np.load(results / f"runs/{run}/samples/tokens.npy")
+        bf16 = np.load(results / f"runs/{run}/bf16/tokens.npy")
+        assert fp32.shape == bf16.shape and (fp32 != bf16).any()
+    table = pd.read_csv(results / "table.csv")
+    assert not table["run"].str.contains("bf16").any()  # a comparison, not a row of the table
+    assert "bf16 vs fp32" in (results / "report/landing.rst").read_text()
+
+
 def test_the_same_machine_gives_the_same_table_twice(demo, tmp_path):
     """Everything after the features, redone for one run (training, sampling, the control, scoring, the
     comparisons), gives the same table, to the last digit."""
@@ -179,7 +203,7 @@ def test_every_rule_left_a_benchmark_and_a_log(demo):
     assert {"make_synthetic_videos", "list_clips", "preprocess_clips", "extract_features", "feature_summary",
             "train_codebook", "encode_tokens", "train_gpt", "sample_tokens", "vocode", "train_melception",
             "score_reference", "reconstruct_validation", "score_samples", "compare_with_baseline",
-            "compare_with_best", "aggregate_table", "report_results", "report_landing", "plot_codebook", "plot_loss_curve",
+            "compare_with_best", "compare_precision", "aggregate_table", "report_results", "report_landing", "plot_codebook", "plot_loss_curve",
             "plot_training_overview",
             "listening_gallery"} == {p.parts[0] for p in benchmarks}
 
@@ -199,13 +223,15 @@ def test_changing_one_runs_dropout_reruns_exactly_that_run(demo, tmp_path):
     assert result.returncode == 0, result.stderr
     run = yaml.safe_load(changed.read_text())["runs"][1]["name"]
     jobs = sorted(planned_jobs(result.stdout))
-    # the run, its shuffled-features control (same transformer) and their comparisons with the baseline; every
+    # the run, its shuffled-features control (same transformer), its bf16 samples (controls.precision) and their
+    # comparisons (with the baseline, bf16 vs fp32); every
     # conditioned run's comparison with the best (which run is best may change)
-    samples, shuffled = f"{run}/samples", f"{run}/shuffled"
+    samples, shuffled, bf16 = f"{run}/samples", f"{run}/shuffled", f"{run}/bf16"
     conditioned = [r["name"] for r in yaml.safe_load(changed.read_text())["runs"] if r["features"] != "none"]
     assert jobs == sorted([("train_gpt", run), ("sample_tokens", samples), ("sample_tokens", shuffled),
                            ("vocode", run), ("score_samples", samples), ("score_samples", shuffled),
                            ("compare_with_baseline", samples), ("compare_with_baseline", shuffled),
+                           ("sample_tokens", bf16), ("score_samples", bf16), ("compare_precision", run),
                            *[("compare_with_best", name) for name in conditioned],
                            ("aggregate_table", ""), ("plot_loss_curve", run), ("listening_gallery", run),
                            ("plot_training_overview", ""), ("report_results", ""), ("report_landing", ""),

@@ -126,6 +126,7 @@ class SoundModel:
         given = {"seed": seed, "top_k": top_k, "temperature": temperature, "batch_size": batch_size}
         settings.update({k: v for k, v in given.items() if v is not None})
         count = 1 if samples is None else samples
+        settings["batch_size"] = rows_per_batch(self, settings["batch_size"], count)
         check_sampling(count, **settings, n_codes=self.gpt.config.vocab_size)
         with tempfile.TemporaryDirectory(prefix="i2a-generate-") as tmp:
             prepared = prepare_any(image, self, Path(tmp))
@@ -614,6 +615,20 @@ def _output_names(stem: str, samples: int, kind: str, mux: bool) -> list[str]:
     return names
 
 
+def rows_per_batch(model: SoundModel, batch_size: int | str, samples: int) -> int | str:
+    """`sampling.batch_size: auto` as the workflow's sampler sizes it (i2a.samples.videos_per_batch: an input's
+    samples are a video's); a number (or a bad value, for check_sampling to name) as it is."""
+    if batch_size != "auto":
+        return batch_size
+    import torch
+
+    from i2a.samples import videos_per_batch
+
+    dtype = autocast_dtype(model.sampling.get("precision", "fp32")) or torch.float32
+    return samples * videos_per_batch("auto", samples, model.gpt, model.S, model.n_tokens, dtype,
+                                      torch.device(model.device))
+
+
 def vocode(model: SoundModel, mel: np.ndarray) -> np.ndarray:
     """One spectrogram's waveform, vocoded alone: Griffin-Lim seeds its random phases per call, so a sound vocoded
     in a batch would depend on its place in it."""
@@ -668,6 +683,7 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     top_k = top_k if top_k is not None else model.spec.sampling.top_k
+    batch_size = rows_per_batch(model, batch_size, samples)
     check_sampling(samples, seed, top_k, temperature, batch_size, model.gpt.config.vocab_size)
     check_output_folder(out_dir, inputs)
     out_dir = Path(out_dir)

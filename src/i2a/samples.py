@@ -19,9 +19,10 @@ from i2a.atomic import atomic_path
 from i2a.data.mel import MelSpec
 from i2a.data.store import ShardedArray, finite_rows
 from i2a.device import pick_device
-from i2a.models.gpt import load_transformer, random_features, sample_frame_indices, sample_tokens
-from i2a.precision import autocast_dtype
-from i2a.runspec import RunSpec
+from i2a.models.gpt import (CUDA_BUCKET, kv_cache_bytes, load_transformer, random_features, sample_frame_indices,
+                            sample_tokens)
+from i2a.precision import autocast_dtype, describe, set_precision
+from i2a.runspec import GPTConfig, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,44 @@ def condition(features: str, feats: np.ndarray | None, seeds: np.ndarray, S: int
         return torch.cat([random_features(1, feat_dim, S, int(s)) for s in seeds])
     idx = sample_frame_indices(feats.shape[1], S)
     return torch.from_numpy(np.ascontiguousarray(feats[:, idx].transpose(0, 2, 1), dtype=np.float32))
+
+
+# `sampling.batch_size: auto` on a CPU: a decode step there is bound by reading the weights once for all rows, and
+# beyond ~64 rows the step grows about in proportion to the rows (nothing left to share), while memory keeps growing
+AUTO_CPU_ROWS = 64
+# of the GPU memory free when sampling starts, what `auto` leaves unused (allocator fragmentation, CUDA graphs' pools)
+AUTO_GPU_HEADROOM = 0.1
+
+
+def videos_per_batch(batch_size: int | str, samples_per_video: int, gpt, S: int, n_tokens: int,
+                     dtype: torch.dtype, device: torch.device) -> int:
+    """Videos sampled together: `batch_size` rows (sequences) rounded down to whole videos (at least one), or with
+    `auto` as many as fit: on a GPU the free memory (torch.cuda.mem_get_info) less a headroom and the weights'
+    copy in `dtype`, over one video's key/value caches (one prefix, `samples_per_video` rows of own tokens) and
+    its activations; on a CPU AUTO_CPU_ROWS rows. The log says how many and why."""
+    K = samples_per_video
+    if batch_size != "auto":
+        return max(1, int(batch_size) // K)
+    if device.type != "cuda":
+        videos = max(1, AUTO_CPU_ROWS // K)
+        log.info("batch_size auto on the CPU: %d videos x %d samples = %d sequences per batch (the CPU's bound of "
+                 "%d rows)", videos, K, videos * K, AUTO_CPU_ROWS)
+        return videos
+    free, total = torch.cuda.mem_get_info(device)
+    cfg: GPTConfig = gpt.config
+    weights = sum(p.numel() for p in gpt.parameters()) * dtype.itemsize
+    # a decode step's activations per row (qkv, MLP hidden, logits and the draw's fp32 copies) and the prefill's
+    # per video (its S positions through one block at a time, MLP hidden included)
+    per_row = (9 * cfg.embed + 4 * cfg.vocab_size) * 4
+    per_video_prefill = S * 9 * cfg.embed * 4
+    per_video = kv_cache_bytes(cfg, K, 1, S, n_tokens, dtype, CUDA_BUCKET) + K * per_row + per_video_prefill
+    usable = free * (1 - AUTO_GPU_HEADROOM) - weights
+    videos = max(1, int(usable // per_video))
+    log.info("batch_size auto: %d videos x %d samples = %d sequences per batch (%.2f GiB per video's caches and "
+             "activations in %s; %.1f of %.1f GiB free, %.0f%% kept free, %.2f GiB for the weights' copy)",
+             videos, K, videos * K, per_video / 2**30, dtype, free / 2**30, total / 2**30, 100 * AUTO_GPU_HEADROOM,
+             weights / 2**30)
+    return videos
 
 
 def derangement(n: int, seed: int) -> np.ndarray:
@@ -69,13 +108,15 @@ def load_run_transformer(spec: RunSpec, path: str | Path, device: torch.device):
 
 def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str | Path,
                valid_shards: Sequence[str | Path], feature_files: Sequence[str | Path], tokens_out: str | Path,
-               mels_out: str | Path, names_out: str | Path, batch_size: int = 64, device: str | None = None,
+               mels_out: str | Path, names_out: str | Path, batch_size: int | str = 64, device: str | None = None,
                shuffled: bool = False) -> None:
     """Top-k samples for every validation video: tokens (V, R x K, n_tokens) int16 and decoded mels
     (V, R x K, n_mels, T) float16 for R = spec.sampling.seeds sampling seeds of K samples each (seed-major),
     written memory-mapped (100 samples x 768 videos do not fit in memory) and in place only when complete;
     `names_out` lists the V videos in row order. `shuffled`: the control, where video i is sampled with the
-    features of video derangement(V)[i] and the same seeds, so it differs from the run only by the picture."""
+    features of video derangement(V)[i] and the same seeds, so it differs from the run only by the picture.
+    Sampled in spec.sampling.precision (fp32: strict, the full recompute's tokens; bf16: weights and caches in
+    bf16), `batch_size` sequences (rounded to whole videos) or `auto` (videos_per_batch) at a time."""
     from i2a.atomic import remove_leftovers, write_text
     from i2a.data.clips import split_clips
     from i2a.models.codebook import check_codebook, decode_tokens, load_codebook
@@ -107,21 +148,26 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
         raise ValueError(f"run {spec.name} has no features to shuffle")
     source = derangement(n_videos, sampling.seed) if shuffled else np.arange(n_videos)
     seeds = sample_seeds(sampling.seed, n_videos, sampling.samples_per_video, R)
-    videos_per_batch = max(1, batch_size // K)
-    # sampling.precision: bf16 samples with bf16 weights and cache; fp32/tf32 in fp32 (the job set TF32 or not)
-    dtype = autocast_dtype(sampling.precision) or torch.float32
+    set_precision(sampling.precision)
+    dtype = autocast_dtype(sampling.precision) or torch.float32  # bf16: weights and caches in bf16
+    log.info("sampling in %s (%s)", dtype, describe(sampling.precision))
+    per_batch = videos_per_batch(batch_size, K, gpt, S, n_tokens, dtype, device)
     with atomic_path(tokens_out) as tokens_tmp, atomic_path(mels_out) as mels_tmp:
         tokens = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=np.int16, shape=(n_videos, K, n_tokens))
         mels = None
-        for start in tqdm(range(0, n_videos, videos_per_batch), desc="sampling", mininterval=10):
-            stop = min(n_videos, start + videos_per_batch)
-            # each video's features are read once and shared by its K samples
-            batch_feats = None if feats is None else np.repeat(np.stack([feats[source[i]] for i in range(start, stop)]),
-                                                                K, 0)
+        for start in tqdm(range(0, n_videos, per_batch), desc="sampling", mininterval=10):
+            stop = min(n_videos, start + per_batch)
             batch_seeds = seeds[start:stop].ravel()
-            cond = condition(trained_as.features, batch_feats, batch_seeds, S, gpt.config.feat_dim).to(device)
-            out = sample_tokens(gpt, cond, n_tokens, top_k=sampling.top_k, temperature=sampling.temperature,
-                                seeds=batch_seeds.tolist(), cache=True, dtype=dtype)
+            if feats is None:  # the no-feats baseline: every sample its own noise, nothing shared
+                cond = condition("none", None, batch_seeds, S, gpt.config.feat_dim)
+                video_of_row = np.arange(len(batch_seeds))
+            else:  # each video's features read once; its K samples share one computed prefix
+                cond = condition(trained_as.features, np.stack([feats[source[i]] for i in range(start, stop)]),
+                                 batch_seeds, S, gpt.config.feat_dim)
+                video_of_row = np.repeat(np.arange(stop - start), K)
+            out = sample_tokens(gpt, cond.to(device), n_tokens, top_k=sampling.top_k,
+                                temperature=sampling.temperature, seeds=batch_seeds.tolist(), cache=True,
+                                dtype=dtype, video_of_row=torch.from_numpy(video_of_row))
             tokens[start:stop] = out.view(stop - start, K, n_tokens).cpu().numpy()
             decoded = decode_tokens(codebook, out.cpu().numpy(), progress=False)
             if mels is None:

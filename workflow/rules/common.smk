@@ -48,6 +48,12 @@ ROWS[CEILING_ROW] = "reconstruction/samples"
 ROW_OF = {folder: name for name, folder in ROWS.items()}
 # the conditioned runs compared paired with the best of them (lowest MKL), when there are two or more
 COMPARED_WITH_BEST = CONDITIONED if len(CONDITIONED) > 1 else []
+# the sampling precision control: each conditioned run also sampled in the other precision (bf16, or fp32 when
+# sampling is bf16), scored, and compared paired with its own samples (not a row of the table: a comparison)
+SAMPLING_PRECISION = config["sampling"]["precision"]
+OTHER_PRECISION = "fp32" if SAMPLING_PRECISION == "bf16" else "bf16"
+PRECISION_CONTROLLED = CONDITIONED if config["controls"]["precision"] else []
+PRECISION_SETS = {f"{name}+{OTHER_PRECISION}": f"runs/{name}/{OTHER_PRECISION}" for name in PRECISION_CONTROLLED}
 CPU_ENV = "../envs/data.yaml"
 TORCH_ENV = "../envs/torch.yaml"
 GPU = 1 if config["gpu"] else 0
@@ -59,7 +65,7 @@ wildcard_constraints:
     shard=r"\d{3}",
     run="|".join(RUNS),
     backbone="|".join(BACKBONES),
-    sampleset="|".join(re.escape(folder) for folder in ROWS.values()),
+    sampleset="|".join(re.escape(folder) for folder in [*ROWS.values(), *PRECISION_SETS.values()]),
 
 
 def by_attempt(amount):
@@ -277,6 +283,16 @@ def vocoder_input(wildcards):
     return [melgan_checkpoint()] if config["vocoder"]["kind"] == "melgan" else []
 
 
+def sampled_spec(wildcards):
+    """The run's settings as its sample set `kind` is sampled: the precision control in the other precision."""
+    spec = RUN_SPECS[wildcards.run]
+    return spec.with_sampling(precision=OTHER_PRECISION) if wildcards.kind == OTHER_PRECISION else spec
+
+
+def precision_comparison(run):
+    return f"{R}/runs/{run}/{OTHER_PRECISION}/vs_{SAMPLING_PRECISION}.json"
+
+
 def samples_per_video_set(sampleset):
     """Sampling seeds a scored folder holds (the reconstructions: one "sample" per video)."""
     return 1 if sampleset.startswith("reconstruction") else config["sampling"]["seeds"]
@@ -284,11 +300,13 @@ def samples_per_video_set(sampleset):
 
 def table_inputs(wildcards):
     """Every row's scores, and every paired comparison (comparisons.csv): each row against the baseline, each
-    conditioned run against the best one."""
+    conditioned run against the best one and, with controls.precision, against itself sampled in the other
+    precision."""
     inputs = {"scores": [f"{R}/{folder}/scores.json" for folder in ROWS.values()]}
     inputs["comparisons"] = [
         f"{R}/{folder}/comparison.json" for row, folder in ROWS.items() if BASELINE not in (None, row)
     ] + [f"{R}/{ROWS[name]}/vs_best.json" for name in COMPARED_WITH_BEST]
+    inputs["comparisons"] += [precision_comparison(name) for name in PRECISION_CONTROLLED]
     inputs["metrics"] = [f"{R}/runs/{name}/metrics.csv" for name in TRAINED_RUNS]
     inputs["probes"] = probe_files()
     return inputs

@@ -166,6 +166,34 @@ rule compare_with_best:
         "../scripts/compare_with_best.py"
 
 
+rule compare_precision:
+    """A conditioned run sampled in the other sampling precision (bf16 against fp32) against its own samples, on
+    the same validation videos with the same seeds: dKL and dFID with a paired bootstrap interval."""
+    input:
+        outputs=f"{R}/runs/{{run}}/{OTHER_PRECISION}/outputs.npz",
+        against=f"{R}/runs/{{run}}/samples/outputs.npz",
+        reference=f"{R}/eval/reference.npz",
+    output:
+        precision_comparison("{run}"),
+    log:
+        f"{LOGS}/compare_precision/{{run}}.log",
+    benchmark:
+        f"{LOGS}/benchmarks/compare_precision/{{run}}.tsv"
+    conda:
+        TORCH_ENV
+    threads: THREADS
+    resources:
+        runtime=by_attempt(120),
+        # as compare_with_baseline: it loads two rows' outputs and bootstraps their difference
+        mem_mb=by_attempt(4000),
+    params:
+        metrics=config["metrics"],
+        row=lambda w: f"{w.run}+{OTHER_PRECISION}",
+        relation=f"{OTHER_PRECISION} vs {SAMPLING_PRECISION}",
+    script:
+        "../scripts/compare_precision.py"
+
+
 rule aggregate_table:
     input:
         unpack(table_inputs),

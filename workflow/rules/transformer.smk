@@ -66,7 +66,9 @@ rule lr_find:
 
 rule sample_tokens:
     """Top-k samples per validation video, decoded to spectrograms by the codebook; as `shuffled`, the control
-    where each video is given another video's features (same transformer, same seeds)."""
+    where each video is given another video's features (same transformer, same seeds); as bf16 (or fp32), the
+    same samples in the other sampling precision (controls.precision). Threads: the job uses exactly `threads`
+    (i2a.jobs.start_job sets torch's and OpenMP's counts from it; docs/sampling.md says how to size them)."""
     input:
         transformer=transformer_checkpoint,
         codebook=codebook_checkpoint(),
@@ -81,7 +83,7 @@ rule sample_tokens:
     benchmark:
         f"{LOGS}/benchmarks/sample_tokens/{{run}}-{{kind}}.tsv"
     wildcard_constraints:
-        kind="samples|shuffled",
+        kind=f"samples|shuffled|{OTHER_PRECISION}",
     conda:
         TORCH_ENV
     threads: THREADS
@@ -90,7 +92,7 @@ rule sample_tokens:
         mem_mb=by_attempt(16000),
         gpu=GPU,
     params:
-        run=lambda w: RUN_SPECS[w.run].to_dict(),
+        run=lambda w: sampled_spec(w).to_dict(),
         shuffled=lambda w: w.kind == "shuffled",
     script:
         "../scripts/sample_tokens.py"

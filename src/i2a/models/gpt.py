@@ -3,9 +3,10 @@
 The layer layout and state-dict names are exactly SpecVQGAN's (`specvqgan/modules/transformer/mingpt.py`),
 so its released VAS transformers load as they are. Two things differ in *how*, not *what*, is computed:
 attention goes through `F.scaled_dot_product_attention` (a fused kernel on GPU; the causal `attn.mask`
-buffer is kept only so checkpoints keep their keys), and sampling (`TokenSampler`) reuses a preallocated
-key/value cache instead of re-running the whole sequence for each of the 265 tokens as SpecVQGAN does, with a
-decode step whose shapes do not change, so that on a GPU it runs as one replayed CUDA graph.
+buffer is kept only so checkpoints keep their keys), and sampling (`TokenSampler`) computes each video's
+conditioning once and caches keys/values instead of re-running the whole sequence for each of the 265 tokens as
+SpecVQGAN does, with decode steps whose shapes change only per bucket of cache length, so that on a GPU they run
+as a few replayed CUDA graphs (docs/sampling.md).
 
 Sequence layout (SpecVQGAN's): `[c_1 .. c_S, z_1 .. z_T]` where `c` are the Conv1d-embedded frame features
 and `z` the codebook tokens in column-major order; position `S - 1 + t` predicts token `z_{t+1}`, so
@@ -193,11 +194,11 @@ class _Layer(NamedTuple):
     out: _Linear
 
 
-def _run_as_cuda_graph(step, n: int, warmup: int = 3) -> None:
+def _run_as_cuda_graph(step, n: int, warmup: int = 3, pool=None) -> None:
     """Call `step` n times: the first `warmup` times eagerly on a side stream (as the torch.cuda.graphs docs
     prescribe: lazy init, cuBLAS workspaces), then capture one call as a CUDA graph and replay it for the rest.
     Capturing does not run the step, so the state advances exactly n times. If capture fails the rest run
-    eagerly, with a warning."""
+    eagerly, with a warning. `pool`: a graph memory pool shared with the other buckets' graphs."""
     warmup = min(warmup, n)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -209,7 +210,7 @@ def _run_as_cuda_graph(step, n: int, warmup: int = 3) -> None:
         return
     graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             step()
     except RuntimeError as e:
         log.warning("could not capture the decode step as a CUDA graph (%s): sampling eagerly", e)
@@ -221,28 +222,88 @@ def _run_as_cuda_graph(step, n: int, warmup: int = 3) -> None:
             graph.replay()
 
 
+CUDA_BUCKET = 64  # own-cache slots read per decode step on CUDA, in steps of this: one CUDA graph per bucket
+
+
+def bucket_schedule(n_tokens: int, bucket: int) -> list[tuple[int, int]]:
+    """(slots read, decode steps) per bucket: step t (t = 1 .. n_tokens - 1) has t filled slots of its row's own
+    cache and reads them rounded up to a multiple of `bucket` (0: exactly t, one 'bucket' per step). Steps of one
+    bucket run the same ops on the same shapes, so on CUDA each bucket is one captured graph."""
+    if bucket < 0:
+        raise ValueError(f"bucket must be >= 0, got {bucket}")
+    schedule: list[tuple[int, int]] = []
+    for t in range(1, n_tokens):
+        keys = t if bucket == 0 else -(-t // bucket) * bucket
+        if schedule and schedule[-1][0] == keys:
+            schedule[-1] = (keys, schedule[-1][1] + 1)
+        else:
+            schedule.append((keys, 1))
+    return schedule
+
+
+def own_slots(n_tokens: int, bucket: int) -> int:
+    """A row's own cache: its tokens 0 .. n_tokens - 2 (the last one is drawn, never attended to), rounded up to
+    whole buckets (exact reads: to 16 slots)."""
+    return -(-max(1, n_tokens - 1) // (bucket or 16)) * (bucket or 16)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of q (N, H, Q, hd) over k, v (N, H, K, hd): (output (N, H, Q, hd), fp32 log-sum-exp of
+    the scaled scores (N, H, Q)), which lets two such parts over disjoint keys merge exactly (`_merge`). `bias`
+    (1, K): 0 for a key to attend to, -inf for one to skip. One fused kernel where PyTorch has one that returns
+    the log-sum-exp (the CPU's flash attention, CUDA's memory-efficient attention): a decode step is many small
+    ops, and on a busy machine each op costs a wait for the other threads, whatever its size."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=bias)
+        return out, lse
+    if q.device.type == "cuda":
+        bias4 = None if bias is None else bias.view(1, 1, 1, -1).expand(q.shape[0], q.shape[1], q.shape[2], -1)
+        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias4, True)
+        return out, lse[..., :q.shape[2]]  # the kernel pads the query length of its log-sum-exp
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias.float()
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.exp(scores - lse.unsqueeze(-1)).to(v.dtype) @ v, lse
+
+
+def _merge(a: torch.Tensor, lse_a: torch.Tensor, b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Attention over keys A and B from attention over A and over B alone (cascade inference): A's share of the
+    softmax's denominator is exp(lse_a) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_a - lse_b)."""
+    return torch.lerp(b, a, torch.sigmoid(lse_a - lse_b).unsqueeze(-1).to(a.dtype))
+
+
 class TokenSampler:
-    """The transformer laid out for drawing tokens one position at a time, with shapes that do not change.
+    """The transformer laid out for drawing tokens one position at a time, with the conditioning shared per video.
 
-    Keys/values of every layer live in one zero-initialised cache of the whole sequence, (layers, B, heads,
-    max_len, head_dim) twice: 94 MB per row for the 24-layer VAS model in fp32, half that in bf16. `prefill`
-    runs the S condition positions at once (their shapes depend on S); `step` draws the next token of every row
-    with tensor ops only: the position is a tensor that indexes `pos_emb` and the cache (`index_copy_`), and
-    with `fixed_shapes` the new query attends over the whole cache with a mask of the filled slots. A step then
-    runs the same ops on the same shapes every time, so it can be captured once as a CUDA graph and replayed.
-    On the CPU attending over the filled prefix only is cheaper (no launch overhead to save there, and the
-    masked full cache reads ~40% more keys/values), so `fixed_shapes` defaults to `device.type == "cuda"`.
+    Rows (videos x samples) are grouped by the video whose features they are conditioned on (`video_of_row`).
+    `prefill` runs the S condition positions once per video and keeps one copy of their keys and values,
+    (layers, videos, heads, S, head_dim) twice; each row keeps only its own tokens' keys and values, (layers,
+    rows, heads, tokens, head_dim) twice. A decode step attends over the two parts separately, the shared prefix
+    as one batched product per video for all its rows, and merges them exactly by their log-sum-exps
+    (`_merge`, as cascade inference does). It reads only the filled slots of a row's own cache: exactly t of them
+    at step t (`bucket=0`, the CPU's default), or t rounded up to a multiple of `bucket` with the rest masked, so
+    that the steps of one bucket run the same ops on the same shapes (the position is a tensor) and on CUDA are
+    one captured graph per bucket (`CUDA_BUCKET` slots, the GPU's default).
 
-    `dtype` casts a copy of the weights and the cache (bf16 on a GPU); the draw is fp32 whatever the dtype.
+    `dtype` casts a copy of the weights and the caches (bf16 on a GPU); softmax and the draw are fp32 whatever the
+    dtype. Every row draws with its own uniforms `u` (rows, n_tokens), so its tokens do not depend on its batch.
     """
 
-    def __init__(self, model: GPT, S: int, u: torch.Tensor, top_k: int | None = 64, temperature: float = 1.0,
-                 dtype: torch.dtype = torch.float32, fixed_shapes: bool | None = None):
+    def __init__(self, model: GPT, S: int, u: torch.Tensor, video_of_row: torch.Tensor | None = None,
+                 top_k: int | None = 64, temperature: float = 1.0, dtype: torch.dtype = torch.float32,
+                 bucket: int | None = None):
         cfg, device = model.config, model.pos_emb.device
         B, n_tokens = u.shape
         self.S, self.top_k, self.temperature, self.dtype = S, top_k, temperature, dtype
         self.n_head = cfg.heads
-        self.fixed_shapes = device.type == "cuda" if fixed_shapes is None else fixed_shapes
+        self.bucket = (CUDA_BUCKET if device.type == "cuda" else 0) if bucket is None else bucket
+        video_of_row = torch.arange(B) if video_of_row is None else torch.as_tensor(video_of_row).long().cpu()
+        if video_of_row.shape != (B,):
+            raise ValueError(f"video_of_row must give one video per row ({B}), got shape {tuple(video_of_row.shape)}")
+        self.n_videos = int(video_of_row.max()) + 1 if B else 0
+        self._group_rows(video_of_row, device)
 
         def w(t: torch.Tensor) -> torch.Tensor:  # fp32: the model's own tensors (_Linear may reorder a copy)
             return t.detach().to(dtype)
@@ -255,7 +316,8 @@ class TokenSampler:
 
         self.tok_emb, self.pos_emb = w(model.tok_emb.weight), w(model.pos_emb[0])
         # a 1x1 Conv1d is a Linear
-        self.embedder = _Linear(w(model.embedder.weight.squeeze(2)), w(model.embedder.bias), rows=B * S)
+        self.embedder = _Linear(w(model.embedder.weight.squeeze(2)), w(model.embedder.bias),
+                                rows=self.n_videos * S)
         self.layers = [_Layer(
             ln1=norm(b.ln1),
             qkv=_Linear(w(torch.cat([b.attn.query.weight, b.attn.key.weight, b.attn.value.weight])),
@@ -263,40 +325,51 @@ class TokenSampler:
             proj=lin(b.attn.proj), ln2=norm(b.ln2), fc=lin(b.mlp[0]), out=lin(b.mlp[2]),
         ) for b in model.blocks]
         self.ln_f, self.head = norm(model.ln_f), lin(model.head)
-        # rounded up to 16 slots (never filled, always masked): the fused GPU kernels want aligned masks
-        max_len = -(-(S + n_tokens - 1) // 16) * 16
-        shape = (cfg.layers, B, cfg.heads, max_len, cfg.embed // cfg.heads)
+        hd = cfg.embed // cfg.heads
+        self.prefix_k = torch.zeros((cfg.layers, self.n_videos, cfg.heads, S, hd), device=device, dtype=dtype)
+        self.prefix_v = torch.zeros_like(self.prefix_k)
         # zeros, not empty: a masked slot has weight exactly 0, and 0 * garbage could be NaN
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.slots = torch.arange(max_len, device=device)
+        capacity = own_slots(n_tokens, self.bucket)
+        self.k = torch.zeros((cfg.layers, B, cfg.heads, capacity, hd), device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.slots = torch.arange(capacity, device=device)
         self.u = u.to(device=device, dtype=torch.float32)
         self.tokens = torch.zeros(B, n_tokens, dtype=torch.long, device=device)
         self.t = torch.zeros(1, dtype=torch.long, device=device)  # the next token to draw, as a tensor
-        self.n_drawn = 0  # the same as a Python int, for the CPU's growing prefix
+        self.n_drawn = 0  # the same as a Python int, for the CPU's exact slices
 
-    def _forward(self, x: torch.Tensor, pos: torch.Tensor, keys: int | None) -> torch.Tensor:
-        """x (B, T, C) embedded inputs at positions `pos` (T,) -> logits (B, vocab) of the last one.
+    def _group_rows(self, video_of_row: torch.Tensor, device: torch.device) -> None:
+        """Lay the rows out as (videos, widest group): `_slot_rows` picks each slot's row (B: a zero row that pads
+        a smaller group), `_row_slots` each row's slot. Rows already in that layout skip both gathers."""
+        B, V = len(video_of_row), self.n_videos
+        counts = torch.bincount(video_of_row, minlength=V)
+        if B and int(counts.min()) == 0:
+            raise ValueError("video_of_row must use every video 0 .. V-1 (a video without rows has no place)")
+        self.group = int(counts.max()) if B else 0
+        order = torch.argsort(video_of_row, stable=True)
+        rank = torch.empty(B, dtype=torch.long)
+        starts = torch.cumsum(counts, 0) - counts
+        rank[order] = torch.arange(B) - starts[video_of_row[order]]
+        row_slots = video_of_row * self.group + rank
+        slot_rows = torch.full((V * self.group,), B, dtype=torch.long)
+        slot_rows[row_slots] = torch.arange(B)
+        identity = len(slot_rows) == B and torch.equal(slot_rows, torch.arange(B))
+        self._slot_rows = None if identity else slot_rows.to(device)
+        self._row_slots = None if identity else row_slots.to(device)
+        self.video_of_row = video_of_row.to(device)
 
-        Writes every layer's keys/values at `pos`, then attends over the first `keys` slots (causally for the
-        prefill, T = keys) or, with keys=None, over the whole cache masked to the slots <= pos.
-        """
-        B, T, C = x.shape
-        H = self.n_head
-        mask = self.slots <= pos.unsqueeze(1) if keys is None else None  # (T, max_len)
-        x = x + self.pos_emb.index_select(0, pos)
-        for L, k_cache, v_cache in zip(self.layers, self.k, self.v):
-            h = F.layer_norm(x, (C,), *L.ln1)
-            q, k, v = L.qkv(h).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
-            k_cache.index_copy_(2, pos, k)
-            v_cache.index_copy_(2, pos, v)
-            if keys is None:
-                y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask)
-            else:
-                y = F.scaled_dot_product_attention(q, k_cache[:, :, :keys], v_cache[:, :, :keys], is_causal=T > 1)
-            x = x + L.proj(y.transpose(1, 2).reshape(B, T, C))
-            x = x + L.out(F.gelu(L.fc(F.layer_norm(x, (C,), *L.ln2))))
-        return self.head(F.layer_norm(x[:, -1], (C,), *self.ln_f))
+    def _attend_shared(self, q: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """q (B, H, hd) over its video's prefix: one product per video for all its rows -> (B, H, hd), (B, H)."""
+        B, H, hd = q.shape
+        if self._slot_rows is not None:
+            q = torch.cat([q, q.new_zeros(1, H, hd)]).index_select(0, self._slot_rows)
+        q = q.view(self.n_videos, self.group, H, hd).transpose(1, 2)  # (V, H, group, hd)
+        out, lse = _attend(q, self.prefix_k[layer], self.prefix_v[layer])
+        out = out.transpose(1, 2).reshape(-1, H, hd)
+        lse = lse.transpose(1, 2).reshape(-1, H)
+        if self._row_slots is not None:
+            out, lse = out.index_select(0, self._row_slots), lse.index_select(0, self._row_slots)
+        return out, lse
 
     def _draw(self, logits: torch.Tensor) -> None:
         u = self.u.index_select(1, self.t).squeeze(1)
@@ -306,50 +379,111 @@ class TokenSampler:
         self.n_drawn += 1
 
     def prefill(self, feats: torch.Tensor) -> None:
-        """feats (B, D, S): the condition positions at once, then the first token (from position S - 1)."""
-        x = self.embedder(feats.to(self.dtype).transpose(1, 2))
-        self._draw(self._forward(x, self.slots[:self.S], keys=self.S))
+        """feats (videos, D, S): the condition positions of every video at once, their keys and values kept once
+        per video; then every row's first token from its video's position S - 1."""
+        if feats.shape[0] != self.n_videos:
+            raise ValueError(f"prefill takes one feature row per video ({self.n_videos}), got {feats.shape[0]}")
+        x = self.embedder(feats.to(self.dtype).transpose(1, 2))  # (V, S, C)
+        V, T, C = x.shape
+        H = self.n_head
+        x = x + self.pos_emb[:T]
+        for L, k_cache, v_cache in zip(self.layers, self.prefix_k, self.prefix_v):
+            h = F.layer_norm(x, (C,), *L.ln1)
+            q, k, v = L.qkv(h).view(V, T, 3, H, C // H).permute(2, 0, 3, 1, 4)
+            k_cache.copy_(k)
+            v_cache.copy_(v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+            x = x + L.proj(y.transpose(1, 2).reshape(V, T, C))
+            x = x + L.out(F.gelu(L.fc(F.layer_norm(x, (C,), *L.ln2))))
+        logits = self.head(F.layer_norm(x[:, -1], (C,), *self.ln_f))  # (V, vocab)
+        self._draw(logits.index_select(0, self.video_of_row))
 
-    def step(self) -> None:
-        """Draw token t from token t - 1, which sits at position S + t - 1."""
-        pos = self.t + (self.S - 1)
-        x = F.embedding(self.tokens.index_select(1, self.t - 1), self.tok_emb)  # (B, 1, C)
-        self._draw(self._forward(x, pos, keys=None if self.fixed_shapes else self.S + self.n_drawn))
+    def step(self, keys: int) -> None:
+        """Draw token t from token t - 1 (position S + t - 1, own slot t - 1), reading `keys` own slots: exactly the
+        t filled ones, or a bucket's worth of which those beyond t are masked."""
+        B = self.tokens.shape[0]
+        H = self.n_head
+        slot = self.t - 1
+        x = F.embedding(self.tokens.index_select(1, slot), self.tok_emb)  # (B, 1, C)
+        C = x.shape[-1]
+        x = x + self.pos_emb.index_select(0, slot + self.S)
+        bias = None  # exactly the filled slots; in a bucket, the slots beyond them are masked
+        if not (keys == self.n_drawn and self.bucket == 0):
+            bias = torch.zeros(1, keys, dtype=self.dtype, device=x.device).masked_fill_(
+                self.slots[:keys] >= self.t, float("-inf"))
+        for i, (L, k_cache, v_cache) in enumerate(zip(self.layers, self.k, self.v)):
+            h = F.layer_norm(x, (C,), *L.ln1)
+            q, k, v = L.qkv(h).view(B, 1, 3, H, C // H).permute(2, 0, 3, 1, 4)  # (B, H, 1, hd) each
+            k_cache.index_copy_(2, slot, k)
+            v_cache.index_copy_(2, slot, v)
+            shared, lse_shared = self._attend_shared(q.squeeze(2), i)
+            own, lse_own = _attend(q, k_cache[:, :, :keys], v_cache[:, :, :keys], bias)
+            y = _merge(shared, lse_shared, own.squeeze(2), lse_own.squeeze(2))
+            x = x + L.proj(y.reshape(B, 1, C))
+            x = x + L.out(F.gelu(L.fc(F.layer_norm(x, (C,), *L.ln2))))
+        self._draw(self.head(F.layer_norm(x[:, -1], (C,), *self.ln_f)))
 
     def run(self, feats: torch.Tensor, cuda_graph: bool = True) -> torch.Tensor:
-        """All tokens (B, n_tokens); on CUDA with fixed shapes the steps replay one captured CUDA graph."""
+        """All tokens (rows, n_tokens); on CUDA with buckets each bucket's steps replay one captured CUDA graph."""
         self.prefill(feats)
-        n = self.tokens.shape[1] - 1
-        if cuda_graph and self.fixed_shapes and self.tokens.is_cuda:
-            _run_as_cuda_graph(self.step, n)
-        else:
-            for _ in range(n):
-                self.step()
+        graphs = cuda_graph and self.bucket > 0 and self.tokens.is_cuda
+        pool = torch.cuda.graph_pool_handle() if graphs else None
+        for i, (keys, steps) in enumerate(bucket_schedule(self.tokens.shape[1], self.bucket)):
+            if graphs:
+                _run_as_cuda_graph(lambda: self.step(keys), steps, warmup=3 if i == 0 else 1, pool=pool)
+            else:
+                for _ in range(steps):
+                    self.step(keys)
         return self.tokens
+
+
+def kv_cache_bytes(cfg: GPTConfig, rows: int, videos: int, S: int, n_tokens: int, dtype: torch.dtype,
+                   bucket: int = CUDA_BUCKET) -> int:
+    """Bytes of TokenSampler's key/value caches: one prefix per video, each row's own tokens (whole buckets)."""
+    own = own_slots(n_tokens, bucket)
+    return 2 * cfg.layers * (videos * S + rows * own) * cfg.embed * dtype.itemsize
+
+
+def rows_by_video(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, D, S) rows -> (the distinct conditionings (V, D, S), video_of_row (B,)): rows with the same features
+    (a video's samples) share one prefix."""
+    flat = feats.reshape(feats.shape[0], -1)
+    unique, video_of_row = torch.unique(flat, dim=0, return_inverse=True)
+    return unique.view(-1, *feats.shape[1:]), video_of_row
 
 
 @torch.no_grad()
 def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | None = 64,
                   temperature: float = 1.0, seeds: Sequence[int] | None = None, cache: bool = True,
-                  dtype: torch.dtype = torch.float32, cuda_graph: bool = True,
-                  fixed_shapes: bool | None = None) -> torch.Tensor:
-    """Autoregressively draw `n_tokens` codebook tokens per row of `feats` (B, D, S) -> LongTensor (B, n_tokens).
+                  dtype: torch.dtype = torch.float32, cuda_graph: bool = True, bucket: int | None = None,
+                  video_of_row: Sequence[int] | torch.Tensor | None = None, share_prefix: bool = True
+                  ) -> torch.Tensor:
+    """Autoregressively draw `n_tokens` codebook tokens per row -> LongTensor (rows, n_tokens).
 
-    `feats` as extracted: a transformer trained on standardised features (its checkpoint carries the training
-    split's statistics) gets them standardised here, as in training.
-    Rows are independent (videos x samples flattened): row b draws from its own `torch.Generator` seeded
-    with `seeds[b]`, so its tokens do not depend on which batch it was sampled in. `cache=False` re-runs
-    the whole sequence each step, exactly like SpecVQGAN; `cache=True` (a `TokenSampler`) gives the same tokens
-    in fp32 much faster. `dtype=torch.bfloat16` samples in bf16 (meant for GPUs; tokens may then differ from
-    fp32's). On CUDA the decode step runs with `fixed_shapes` as one captured CUDA graph (`cuda_graph=False`:
-    eagerly). Measured on one H200 (24 layers, S 212, top-k 64): the graph draws eager's tokens (64/64 rows); cached
-    fp32 rows equal the full recompute's with cuDNN's TF32 off (precision `fp32`; 10/16 with PyTorch's default
-    TF32 Conv1d embedder); bf16 rows all differ from fp32's (any rounding change diverges a sampled row). The
-    speed is `benchmarks/sampling.py`'s to measure; the CPU tests cover the fixed-shape step the graph captures.
+    `feats` (B, D, S): one row of features per sequence, or with `video_of_row` (B,) one per video (V, D, S) and
+    the video each sequence is conditioned on. Rows with the same features share one computed prefix (found
+    here when `video_of_row` is not given; `share_prefix=False`: every row computes and keeps its own, as the
+    sampler before the shared prefix did). `feats` as extracted: a transformer trained on standardised features
+    (its checkpoint carries the training split's statistics) gets them standardised here, as in training.
+    Row b draws from its own `torch.Generator` seeded with `seeds[b]`, so its tokens do not depend on which batch
+    it was sampled in. `cache=False` re-runs the whole sequence each step, exactly like SpecVQGAN; `cache=True`
+    (a `TokenSampler`) gives the same tokens in fp32 much faster. `dtype=torch.bfloat16` samples in bf16 (tokens
+    then differ from fp32's). `bucket`: own-cache slots read per step in multiples of it (None: 64 on CUDA, where
+    each bucket's steps replay a captured CUDA graph unless `cuda_graph=False`; exact on the CPU). Measured on one
+    H200 with the sampler before the shared prefix (24 layers, S 212, top-k 64): its one-graph step drew eager's
+    tokens (64/64 rows); cached fp32 rows equal the full recompute's with cuDNN's TF32 off (precision `fp32`);
+    bf16 rows differ from fp32's. Not yet run on a GPU: the bucketed graphs of this sampler and the CUDA attention
+    kernel's log-sum-exp; the CPU tests run the bucketed step that the graphs capture.
     """
     if feats.dim() != 3 or feats.shape[1] != model.config.feat_dim:
         raise ValueError(f"feats must be (B, {model.config.feat_dim}, S), got {tuple(feats.shape)}")
-    B, _, S = feats.shape
+    S = feats.shape[2]
+    if video_of_row is not None:
+        video_of_row = torch.as_tensor(video_of_row, dtype=torch.long).cpu()
+        if video_of_row.dim() != 1 or (len(video_of_row) and not 0 <= int(video_of_row.min()) <= int(
+                video_of_row.max()) < len(feats)):
+            raise ValueError(f"video_of_row must be (rows,) indices into the {len(feats)} feature rows")
+    B = len(feats) if video_of_row is None else len(video_of_row)
     if seeds is None:
         raise ValueError("sample_tokens needs one seed per row (seeds=[...]) so that samples can be reproduced")
     if len(seeds) != B:
@@ -362,17 +496,31 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | N
     # Uniforms drawn on the CPU: the same seed gives the same draws on any device.
     u = torch.stack([torch.rand(n_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     u = u.to(device)
-    if cache:
-        if device.type == "cuda":
-            c = model.config
-            need = 2 * c.layers * B * (S + n_tokens + 15) * c.embed * dtype.itemsize
-            free = torch.cuda.mem_get_info(device)[0]
-            if need > free:
-                raise ValueError(f"the key/value cache of {B} rows needs {need / 2**30:.1f} GiB, {free / 2**30:.1f} "
-                                 "GiB are free: sample fewer rows at a time")
-        sampler = TokenSampler(model, S, u, top_k, temperature, dtype=dtype, fixed_shapes=fixed_shapes)
-        return sampler.run(feats, cuda_graph=cuda_graph)
-    out = torch.empty(B, n_tokens, dtype=torch.long, device=device)
+    if not cache:
+        rows = feats if video_of_row is None else feats.index_select(0, video_of_row.to(device))
+        return _sample_full_recompute(model, rows, n_tokens, top_k, temperature, u)
+    if video_of_row is None:
+        feats, video_of_row = rows_by_video(feats) if share_prefix else (feats, torch.arange(B))
+    elif not share_prefix:
+        feats, video_of_row = feats.index_select(0, video_of_row.to(device)), torch.arange(B)
+    else:  # only the videos the rows use, numbered 0 .. V-1
+        used, video_of_row = torch.unique(video_of_row, return_inverse=True)
+        feats = feats.index_select(0, used.to(device))
+    if device.type == "cuda":
+        need = kv_cache_bytes(model.config, B, len(feats), S, n_tokens, dtype,
+                              CUDA_BUCKET if bucket is None else bucket)
+        free = torch.cuda.mem_get_info(device)[0]
+        if need > free:
+            raise ValueError(f"the key/value caches of {B} rows need {need / 2**30:.1f} GiB, {free / 2**30:.1f} "
+                             "GiB are free: sample fewer rows at a time")
+    sampler = TokenSampler(model, S, u, video_of_row, top_k, temperature, dtype=dtype, bucket=bucket)
+    return sampler.run(feats, cuda_graph=cuda_graph)
+
+
+def _sample_full_recompute(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | None, temperature: float,
+                           u: torch.Tensor) -> torch.Tensor:
+    """SpecVQGAN's way: the whole sequence re-run for every token (the reference the cached sampler must match)."""
+    out = torch.empty(len(feats), n_tokens, dtype=torch.long, device=feats.device)
     was_training = model.training
     model.eval()
     try:

@@ -123,8 +123,8 @@ def _what_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     parts = [f"input {Path(k).name}" for k in changed[:3]] + (["..."] if len(changed) > 3 else [])
     if old.get("settings") != new["settings"]:
         parts.append("settings")
-    code = [name for name in sorted(set(old.get("code", {})) | set(new["code"]))
-            if old.get("code", {}).get(name) != new["code"].get(name)]
+    code = [name for name in sorted(set(old.get("code", {})) | set(new.get("code", {})))
+            if old.get("code", {}).get(name) != new.get("code", {}).get(name)]
     if code:
         parts.append(f"training code ({', '.join(code)})")
     return ", ".join(parts) or "format"
