@@ -630,25 +630,14 @@ def test_the_app_says_why_an_upload_cannot_be_used(app_server):
 def test_the_app_generates_sound_for_the_demos_image_in_a_browser(app_server, tmp_path):
     """24.8: Chromium uploads the demo's picture; the page plays WAVs that decode, shows the figure, offers
     downloads."""
-    import shutil
     import urllib.request
 
-    from workflow_helpers import CHROMIUM_FLAGS, NO_BROWSER
+    from workflow_helpers import headless_chromium
 
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip(NO_BROWSER)
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev dependency group")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    with headless_chromium(tmp_path) as driver:  # skips without Chromium (then selenium is not needed either)
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
-    try:
         driver.get(app_server + "/")
         driver.find_element(By.ID, "file").send_keys(str(demo_image(tmp_path / "photo.png")))
         driver.find_element(By.ID, "generate").click()
@@ -665,8 +654,6 @@ def test_the_app_generates_sound_for_the_demos_image_in_a_browser(app_server, tm
             assert rate == 22050 and len(wav) == CROP_FRAMES * 256 and np.abs(wav).max() > 0
         links = driver.find_elements(By.CSS_SELECTOR, "a[download]")
         assert [link.get_attribute("download") for link in links] == ["photo_sample00.wav", "photo_sample01.wav"]
-    finally:
-        driver.quit()
 
 
 def test_generate_computes_in_the_configs_precisions_and_logs_them(trained_run, monkeypatch, caplog):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from workflow_helpers import (CHROMIUM_FLAGS, FIRST_SCREENS, NO_BROWSER, REPORT_CATEGORIES, copy_workflow, job_counts,
+from workflow_helpers import (FIRST_SCREENS, REPORT_CATEGORIES, copy_workflow, headless_chromium, job_counts,
                               planned_jobs, snakemake, write_config)
 
 def test_lint_is_clean():
@@ -257,20 +257,8 @@ def demo_report(demo):
 
 @pytest.fixture
 def browser(tmp_path):
-    """Debian's headless Chromium through chromedriver, with a fresh profile; skips when either is missing."""
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.skip(NO_BROWSER)
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev dependency group")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
-    yield driver
-    driver.quit()
+    with headless_chromium(tmp_path) as driver:
+        yield driver
 
 
 def wait_for(driver, script: str, *args, timeout: float = 30):

@@ -3,6 +3,7 @@ the headless Chromium the report and app tests drive. A module of its own (not a
 import it without importing each other."""
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -76,3 +77,25 @@ REPORT_CATEGORIES = {"Results", "Training curves", "Listening gallery", "Method 
 FIRST_SCREENS = [(1366, 768), (1400, 1000), (1920, 1080)]
 NO_BROWSER = ("no Chromium and ChromeDriver here: to run the report tests, as root on a machine with apt-get, "
               "`make test` (without BROWSER=no) or `make browser` installs them (.ci/browser/setup.sh)")
+
+
+@contextlib.contextmanager
+def headless_chromium(profile_dir: Path):
+    """Debian's headless Chromium through chromedriver, with a fresh profile; skips when either is missing."""
+    import pytest
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip(NO_BROWSER)
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev dependency group")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={Path(profile_dir) / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    try:
+        yield driver
+    finally:
+        driver.quit()
