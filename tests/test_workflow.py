@@ -572,7 +572,8 @@ def test_a_folder_with_a_corrupt_file_generates_the_rest_and_fails(demo, valid_f
     assert "broken.jpg: not a readable image" in result.stderr and "2 of 3 inputs generated" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"{stem}_sample{k:02d}.wav" for stem in ("clip", "photo") for k in range(2)]
-        + ["clip_spectrogram.png", "photo_spectrogram.png", "clip_sample00.mp4", "clip_sample01.mp4"])
+        + ["clip_spectrogram.png", "photo_spectrogram.png", "clip_sample00.mp4", "clip_sample01.mp4"]
+        + [".i2a-generate.json"])  # generate's list of the files it wrote (it never overwrites another's)
     info = soundfile.info(str(out / "photo_sample00.wav"))
     assert info.samplerate == 22050 and info.channels == 1 and abs(info.duration - 160 * 256 / 22050) < 0.01
     muxed = probe_clip(out / "clip_sample00.mp4")

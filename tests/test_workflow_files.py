@@ -77,8 +77,8 @@ def test_rules_in_the_light_environment_never_import_torch():
     assert not [p for p in pip if p.startswith(("torch", "lightning"))]
     light = {name: re.search(r'script:\n\s+"\.\./scripts/(\w+\.py)"', block).group(1)
              for _, name, block in _rules() if re.search(r"conda:\n\s+CPU_ENV", block) and "script:" in block}
-    assert {"aggregate_table", "compare_with_baseline", "compare_with_best", "report_results", "listening_gallery",
-            "report_landing"} <= set(light)
+    assert {"aggregate_table", "compare_with_baseline", "compare_with_best", "compare_precision", "report_results",
+            "listening_gallery", "report_landing"} <= set(light)
     for name, script in sorted(light.items()):
         imports = [line for line in (REPO / "workflow/scripts" / script).read_text().splitlines()
                    if re.match(r"(from \S+ )?import ", line)]

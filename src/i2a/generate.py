@@ -682,7 +682,9 @@ def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Pat
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    top_k = top_k if top_k is not None else model.spec.sampling.top_k
+    # the config's sampling.top_k, as the workflow samples (a checkpoint's own spec keeps the default: sampling
+    # settings do not retrain a run)
+    top_k = top_k if top_k is not None else model.sampling.get("top_k", model.spec.sampling.top_k)
     batch_size = rows_per_batch(model, batch_size, samples)
     check_sampling(samples, seed, top_k, temperature, batch_size, model.gpt.config.vocab_size)
     check_output_folder(out_dir, inputs)

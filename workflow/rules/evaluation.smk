@@ -180,7 +180,7 @@ rule compare_precision:
     benchmark:
         f"{LOGS}/benchmarks/compare_precision/{{run}}.tsv"
     conda:
-        TORCH_ENV
+        CPU_ENV
     threads: THREADS
     resources:
         runtime=by_attempt(120),
