@@ -251,7 +251,8 @@ def test_every_job_ran_through_sbatch_on_the_partition_its_rule_asks_for(slurm_d
     assert rules == {"make_synthetic_videos", "list_clips", "preprocess_clips", "extract_features",
                      "feature_summary", "train_codebook", "encode_tokens", "train_gpt", "sample_tokens", "vocode",
                      "train_melception", "score_reference", "reconstruct_validation",
-                     "score_samples", "compare_with_baseline"}  # aggregate_table and the report's pages are local
+                     "score_samples", "compare_with_baseline", "compare_precision"}
+    # aggregate_table and the report's pages are local
     for record in records:
         rule = rule_of(record["Comment"])
         assert record["Partition"] == wanted[rule], record

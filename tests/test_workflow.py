@@ -361,6 +361,11 @@ def set_viewport(driver, width: int, height: int) -> None:
     driver.set_window_size(width, height)
     inner = driver.execute_script("return [innerWidth, innerHeight]")
     driver.set_window_size(2 * width - inner[0], 2 * height - inner[1])
+    if driver.execute_script("return [innerWidth, innerHeight]") != [width, height]:
+        # headless Chromium may clamp the window to its virtual screen (1920x1080 less the window's frame): set the
+        # viewport itself, as the browser's device emulation does
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
     assert driver.execute_script("return [innerWidth, innerHeight]") == [width, height]
 
 
