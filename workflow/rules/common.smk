@@ -161,6 +161,11 @@ def codebook_checkpoint():
     return component_checkpoint(config, "codebook")
 
 
+def trained_codebook():
+    """Whether the codebook is trained here (not a released or given file): the report then shows its curves."""
+    return codebook_checkpoint() == f"{R}/codebook/codebook.ckpt"
+
+
 def melgan_checkpoint():
     return component_checkpoint(config, "melgan")
 
@@ -325,7 +330,7 @@ def final_targets():
         f"{R}/report/table.html",
         f"{R}/report/scores.svg",
     ]
-    if codebook_checkpoint() == f"{R}/codebook/codebook.ckpt":  # a trained codebook: its curves
+    if trained_codebook():  # its curves
         files.append(f"{R}/report/codebook.svg")
     files += expand(f"{R}/report/gallery/{{run}}.html", run=RUNS)
     files += expand(f"{R}/report/lr_find/{{run}}.svg", run=[name for name, run in RUNS.items() if run["lr_find"]])

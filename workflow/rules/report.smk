@@ -1,8 +1,6 @@
 """The report's figures and pages (`snakemake --report report.html` after a run): the results table, training
 curves, MKL/FID per run, and a listening gallery per run. Cheap CPU jobs, run where snakemake runs."""
 
-TRAINED_CODEBOOK = codebook_checkpoint() == f"{R}/codebook/codebook.ckpt"
-
 
 rule report_results:
     """The table as a page, and MKL/FID per run with their intervals."""
@@ -42,7 +40,7 @@ rule report_landing:
         comparisons=f"{R}/comparisons.csv",
         evaluator=f"{R}/eval/evaluator.json",
         probes=probe_files(),
-        codebook=[f"{R}/codebook/summary.json"] if TRAINED_CODEBOOK else [],
+        codebook=[f"{R}/codebook/summary.json"] if trained_codebook() else [],
     output:
         landing=f"{R}/report/landing.rst",
         method=report(
