@@ -31,7 +31,7 @@ import torch
 from i2a.data.media import read_video_frames
 from i2a.data.synthetic import TOY_CLASSES, render_clip, write_mp4
 from i2a.features.extract import _clip_crops, _prefetched, frame_reader
-from i2a.features.registry import VIDEO_FEATURES_CNN
+from i2a.spec.backbones import VIDEO_FEATURES_CNN
 
 FPS, SECONDS, SOURCE_FPS, SAMPLE_RATE, TOTAL, CROP = 21.5, 10.0, 25.0, 22050, 215, 212
 

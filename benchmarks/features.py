@@ -28,7 +28,7 @@ import torch
 import torchvision.transforms as T
 
 from i2a.features.backbones import FrameEncoder, build_backbone
-from i2a.features.registry import BACKBONES
+from i2a.spec.backbones import BACKBONES
 from i2a.features.extract import extract_features
 from i2a.data.media import ffmpeg_exe, read_video_frames
 

@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from i2a.data.store import NpyRowWriter, ShardedArray
-from i2a.models.gpt import sample_frame_indices
+from i2a.spec.frames import sample_frame_indices
 from i2a.training.gpt import GPTDataset, model_inputs
 from i2a.training.loop import EpochSampler
 

@@ -9,7 +9,7 @@ files (<logs>/benchmarks/<rule>[/...].tsv). Snakemake samples it every 0.5 s for
 process (an overestimate).
 request: the rule's mem_mb for a first attempt (a retry asks for twice as much) as `snakemake --profile
 profiles/slurm` would submit it: its `resources:`, then the profile's default-resources and set-resources (read
-by Snakemake itself, through `i2a.plan`). The requests do not depend on the data's size, except train_gpt's,
+by Snakemake itself, through `i2a.pipeline.plan`). The requests do not depend on the data's size, except train_gpt's,
 which is per GPU (mem_mb = 16000 x gpus); `full study` shows the range config/config.yaml asks for. Local rules
 run on the login node and ask SLURM for nothing.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from i2a.plan import DEFAULT_PROFILE, JobRequest, plan_jobs  # noqa: E402
+from i2a.pipeline.plan import DEFAULT_PROFILE, JobRequest, plan_jobs  # noqa: E402
 
 
 @dataclass

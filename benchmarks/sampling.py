@@ -30,10 +30,12 @@ import time
 
 import torch
 
-from i2a.device import pick_device
+from i2a.infra.device import pick_device
 from i2a.models.gpt import GPT, sample_tokens
-from i2a.precision import set_precision
-from i2a.runspec import GPTConfig
+from i2a.infra.precision import set_precision
+from i2a.spec.runspec import GPTConfig, SamplingSettings
+
+STUDY = SamplingSettings()  # the study's sampler settings (top-k, temperature): the config's defaults
 
 
 def _timed(fn, device: str) -> tuple[torch.Tensor, float, float]:
@@ -99,12 +101,13 @@ def main() -> None:
           f"tokens {args.tokens}, cached: {args.dtype}, bucket {args.bucket}", flush=True)
 
     def cached(share_prefix: bool) -> torch.Tensor:
-        return sample_tokens(model, feats, args.tokens, top_k=64, seeds=seeds, cache=True, video_of_row=video_of_row,
-                             share_prefix=share_prefix, dtype=getattr(torch, args.dtype),
-                             cuda_graph=not args.no_cuda_graph, bucket=args.bucket)
+        return sample_tokens(model, feats, args.tokens, top_k=STUDY.top_k, temperature=STUDY.temperature, seeds=seeds,
+                             cache=True, video_of_row=video_of_row, share_prefix=share_prefix,
+                             dtype=getattr(torch, args.dtype), cuda_graph=not args.no_cuda_graph, bucket=args.bucket)
 
     def full_recompute() -> torch.Tensor:
-        return sample_tokens(model, feats, args.tokens, top_k=64, seeds=seeds, cache=False, video_of_row=video_of_row)
+        return sample_tokens(model, feats, args.tokens, top_k=STUDY.top_k, temperature=STUDY.temperature, seeds=seeds,
+                             cache=False, video_of_row=video_of_row)
 
     new, t_new = _repeated("shared_prefix" if shared else "kv_cache", lambda: cached(True), args)
     if args.device.startswith("cuda"):

@@ -18,7 +18,7 @@ from conftest import REPO, shared_path
 from loopback import ranged, serve, tar_bytes
 from i2a.data import authors
 from i2a.data.clips import Shard, read_clip_table
-from i2a.features.extract import pad_and_crop
+from i2a.spec.frames import pad_and_crop
 from workflow_helpers import copy_workflow, job_counts, snakemake
 
 MELS_TAR = "dog_melspec_10s_22050hz.tar"
@@ -86,7 +86,7 @@ def test_the_authors_list_covers_every_class_and_kind():
 
 
 def registry_base() -> str:
-    from i2a.models.released import BASE_URL
+    from i2a.spec.released import BASE_URL
 
     return BASE_URL
 
@@ -248,7 +248,7 @@ def test_a_file_that_does_not_match_the_list_fails_the_download(server, tmp_path
 
 
 def test_a_videos_folder_for_the_authors_clips_must_exist(tmp_path):
-    from i2a.config import ConfigError, validate_config
+    from i2a.spec.config import ConfigError, validate_config
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["vas"] = {"source": "authors"}  # every backbone: ResNet50 the authors', the others from VAS.zip's videos

@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from conftest import REPO
-from i2a import sizing
-from i2a.calibrate import PARTS, load_study_config, main
-from i2a.runspec import RunSpec
+from i2a.pipeline import sizing
+from i2a.pipeline.calibrate import PARTS, load_study_config, main
+from i2a.spec.runspec import RunSpec
 
 
 def test_calibrate_measures_every_part_of_the_demo_and_the_plan_reads_it(tmp_path, capsys):

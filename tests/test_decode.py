@@ -8,7 +8,7 @@ import torch
 
 from i2a.data.media import read_video_frames
 from i2a.features.extract import _clip_crops, frame_reader, frame_resizer
-from i2a.features.registry import CLIP_PREPROCESS, VIDEO_FEATURES_CNN
+from i2a.spec.backbones import CLIP_PREPROCESS, VIDEO_FEATURES_CNN
 from media_files import toy_clip, write_streams
 
 

@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from i2a import device
-from i2a.device import ALLOW_NO_CUDA, check_gpu_given, gpus_given, pick_device
+from i2a.infra import device
+from i2a.infra.device import ALLOW_NO_CUDA, check_gpu_given, gpus_given, pick_device
 
 SLURM_GPU_JOB = {"SLURM_JOB_ID": "42", "SLURM_GPUS_ON_NODE": "1", "CUDA_VISIBLE_DEVICES": "0"}
 
@@ -66,7 +66,7 @@ def test_a_workflow_job_given_a_gpu_fails_at_its_start(tmp_path):
     """A job's entry point (start_job) under a SLURM GPU allocation, on this CUDA-less machine: it stops before
     any work, and the log says why."""
     log = tmp_path / "job.log"
-    code = ("from types import SimpleNamespace as NS\nfrom i2a.jobs import start_job\n"
+    code = ("from types import SimpleNamespace as NS\nfrom i2a.pipeline.jobs import start_job\n"
             f"start_job(NS(log=[{str(log)!r}], threads=1, rule='train_gpt', wildcards={{}}))\n"
             "print('WORK STARTED')\n")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SLURM_")}

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from loopback import ranged, serve, tar_bytes
-from i2a.download import (DownloadError, download, extract_checkpoint, record_or_check_md5, unpack_zip)
+from i2a.infra.download import (DownloadError, download, extract_checkpoint, record_or_check_md5, unpack_zip)
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -134,7 +134,7 @@ def test_a_truncated_first_download_is_never_recorded_as_the_truth(tmp_path):
     """Issue 12.4: with no vas.md5, the first download's MD5 was trusted even when it was truncated, and every later
     run failed 'MD5 differs from the one recorded' until someone deleted VAS.zip.md5."""
     from i2a.data.clips import unpack_vas
-    from i2a.download import fetch_archive
+    from i2a.infra.download import fetch_archive
 
     whole = _zip_bytes(3)
     truncated = [True]  # a proxy that drops the connection, announcing the cut file as complete
@@ -158,7 +158,7 @@ def test_a_truncated_first_download_is_never_recorded_as_the_truth(tmp_path):
 def test_a_configured_md5_is_checked_once_and_recorded(tmp_path, monkeypatch):
     """With vas.md5 the download's digest check proves the archive whole: no zip check and no second hash of a
     multi-GB file; a wrong digest records nothing."""
-    import i2a.download as dl
+    import i2a.infra.download as dl
 
     whole = _zip_bytes(2)
     md5 = hashlib.md5(whole).hexdigest()
@@ -214,7 +214,7 @@ def test_a_confirmation_form_is_followed_only_to_the_expected_hosts_over_http_s(
 
 
 def test_an_https_download_is_not_confirmed_over_http():
-    from i2a.download import followable_confirmation
+    from i2a.infra.download import followable_confirmation
 
     drive = "https://drive.google.com/uc?id=abc"
     assert followable_confirmation(drive, "https://drive.usercontent.google.com/download?id=abc")

@@ -45,7 +45,7 @@ def _shards(tmp_path: Path, seed: int, shift: float = 0.0) -> dict[str, list[Pat
 
 
 def _tiny_spec():
-    from i2a.runspec import GPTConfig, RunSpec, TrainSettings
+    from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
 
     model = GPTConfig(vocab_size=VOCAB, block_size=N_TOK + S, layers=1, heads=2, embed=16, feat_dim=DIM)
     return RunSpec(name="tiny", features="resnet18", feat_sample_size=S, model=model,
@@ -167,11 +167,11 @@ def test_a_killed_sample_tokens_leaves_no_part_file_after_the_next_start(tmp_pat
     the mels) beside the outputs for ever; the next start removes them."""
     import signal
 
-    from i2a.samples import sample_run
+    from i2a.sampling.samples import sample_run
 
     out = tmp_path / "runs" / "tiny" / "samples"
     writer = (f"import sys, time, numpy as np; sys.path.insert(0, {str(REPO / 'src')!r})\n"
-              "from i2a.atomic import atomic_path\n"
+              "from i2a.infra.atomic import atomic_path\n"
               f"with atomic_path({str(out / 'tokens.npy')!r}) as t, atomic_path({str(out / 'mels.npy')!r}) as m:\n"
               "    np.lib.format.open_memmap(t, mode='w+', dtype=np.int16, shape=(8, 4)).flush()\n"
               "    np.lib.format.open_memmap(m, mode='w+', dtype=np.float16, shape=(8, 4)).flush()\n"
@@ -291,7 +291,7 @@ def test_clips_are_listed_and_everything_else_is_reported_with_its_reason(tmp_pa
 
 def test_adding_a_clip_to_a_local_folder_relists_the_clips(tmp_path):
     """Issue 12.5: copying a clip into an existing class folder gave 'Nothing to be done'."""
-    from i2a.checksum import listing_digest
+    from i2a.infra.checksum import listing_digest
 
     root = _tree(tmp_path / "raw")
     before = listing_digest(root)
@@ -328,7 +328,7 @@ def test_a_video_with_a_header_but_no_frames_says_so(tmp_path):
 
 def test_an_extreme_aspect_ratio_is_cut_before_resizing(tmp_path):
     """Issue 12.6: a 4 x 2048 clip made extract_features allocate 21 GB (a shorter side of 256 -> 131,072 wide)."""
-    from i2a.features.registry import VIDEO_FEATURES_CNN
+    from i2a.spec.backbones import VIDEO_FEATURES_CNN
 
     frames = np.random.default_rng(0).integers(0, 255, (3, 4, 2048, 3), dtype=np.uint8)
     crops = VIDEO_FEATURES_CNN.resize_crop(frames)
@@ -408,7 +408,7 @@ def test_one_unreadable_clip_never_fails_its_shard(tmp_path):
 # ---------------------------------------------------------------------------------------------- config values
 def _demo_config() -> dict:
     """config/config.yaml with config/demo.yaml merged over it, as `--configfile` does."""
-    from i2a.config import merge_config
+    from i2a.spec.config import merge_config
 
     return merge_config(yaml.safe_load((REPO / "config/config.yaml").read_text()),
                         yaml.safe_load((REPO / "config/demo.yaml").read_text()))
@@ -426,7 +426,7 @@ def _demo_config() -> dict:
         "weights-not-a-checkpoint", "md5-not-32-hex-digits"])
 def test_bad_values_stop_before_any_job_naming_the_key(tmp_path, edit, key):
     """Issue 12.7: these reached a job (a KeyError: 101 deep inside, silently no top-k) or were accepted."""
-    from i2a.config import ConfigError, validate_config
+    from i2a.spec.config import ConfigError, validate_config
 
     (tmp_path / "notes.pth").write_text("these are my notes, not weights")
     config = _demo_config()
@@ -466,7 +466,7 @@ def test_values_that_passed_the_checks_and_failed_late_are_refused_at_planning(e
     1e-300), failed in a job (seeds, bootstrap 0, 6 GB of seeds) or lost its row to the ceiling's."""
     import re
 
-    from i2a.config import ConfigError, validate_config
+    from i2a.spec.config import ConfigError, validate_config
 
     config = _demo_config()
     edit(config)
@@ -475,7 +475,7 @@ def test_values_that_passed_the_checks_and_failed_late_are_refused_at_planning(e
 
 
 def test_the_largest_seed_and_smallest_temperature_are_accepted():
-    from i2a.config import MIN_TEMPERATURE, validate_config
+    from i2a.spec.config import MIN_TEMPERATURE, validate_config
 
     config = _demo_config()
     config["runs"][0]["seed"], config["sampling"]["seed"] = 2 ** 32 - 1, 0
@@ -484,7 +484,7 @@ def test_the_largest_seed_and_smallest_temperature_are_accepted():
 
 
 def test_a_learning_rate_written_2e_4_is_read_as_the_number(tmp_path):
-    from i2a.config import validate_config
+    from i2a.spec.config import validate_config
 
     config = _demo_config()
     config["runs"][0]["base_lr"] = yaml.safe_load("x: 2e-4")["x"]
@@ -534,7 +534,7 @@ def test_uv_installs_with_the_system_python_where_pip_install_user_is_refused(tm
     (["--cleanup-shadow"], "run"), (["--containerize"], "run"),
 ])
 def test_what_an_invocation_does_to_locks(argv, mode):
-    from i2a.lock import invocation_mode
+    from i2a.pipeline.lock import invocation_mode
 
     assert invocation_mode(argv) == mode
 
@@ -545,7 +545,7 @@ def other_run(tmp_path):
     import json
     import socket
 
-    from i2a.lock import _start_time
+    from i2a.pipeline.lock import _start_time
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     record = tmp_path / ".snakemake" / "i2a-run.json"
@@ -560,7 +560,7 @@ def other_run(tmp_path):
 def test_a_second_instance_is_refused_while_one_runs(other_run):
     """Issue 12.8: a second invocation deleted the running instance's locks when it ended, and a third then ran the
     same job a second time."""
-    from i2a.lock import AnotherRunError, guard, release
+    from i2a.pipeline.lock import AnotherRunError, guard, release
 
     proc, record = other_run
     for argv in (["--cores", "1"], ["--unlock"]):
@@ -580,7 +580,7 @@ def test_a_second_instance_is_refused_while_one_runs(other_run):
 def test_nolock_cleanup_shadow_and_containerize_are_refused_while_one_runs(other_run, argv):
     """Issue 26.7-8: --nolock trained the same runs in the same state folder beside the running instance;
     --cleanup-shadow and --containerize take and then delete the locks (the whole folder), the running one's too."""
-    from i2a.lock import AnotherRunError, guard
+    from i2a.pipeline.lock import AnotherRunError, guard
 
     proc, record = other_run
     with pytest.raises(AnotherRunError, match=rf"pid {proc.pid}"):
@@ -589,7 +589,7 @@ def test_nolock_cleanup_shadow_and_containerize_are_refused_while_one_runs(other
 
 
 def _race_once(record: str, barrier, results) -> None:
-    from i2a.lock import AnotherRunError, guard
+    from i2a.pipeline.lock import AnotherRunError, guard
 
     barrier.wait()
     try:
@@ -627,14 +627,14 @@ def test_of_instances_started_at_once_exactly_one_gets_in(tmp_path):
 def test_an_unreadable_record_is_stale_once_its_writer_is_gone(tmp_path, text, caplog):
     """Issue 26.10: these crashed every invocation (TypeError, ValueError, OverflowError) or, `null`, refused for
     ever. A record is only ever written whole, so an unreadable one that no longer changes has no writer."""
-    from i2a.lock import SETTLE_S, guard, release
+    from i2a.pipeline.lock import SETTLE_S, guard, release
 
     record = tmp_path / ".snakemake" / "i2a-run.json"
     record.parent.mkdir(parents=True)
     record.write_text(text)
     old = record.stat().st_mtime - SETTLE_S - 1
     os.utime(record, (old, old))
-    with caplog.at_level(logging.WARNING, logger="i2a.lock"):
+    with caplog.at_level(logging.WARNING, logger="i2a.pipeline.lock"):
         assert guard(["--cores", "1"], record) == "run"
     assert str(os.getpid()) in record.read_text()
     assert f"{record} could not be read as a run record" in caplog.text and "replaced" in caplog.text
@@ -660,7 +660,7 @@ def test_the_workflow_refuses_unlock_while_a_run_is_alive_and_still_plans(other_
 
 def test_a_released_codebook_fixes_the_vocabulary(tmp_path):
     """The runs' vocab_size comes from codebook.model.n_embed: with the released codebook it must be its 128."""
-    from i2a.config import ConfigError, validate_config
+    from i2a.spec.config import ConfigError, validate_config
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["codebook"].setdefault("model", {})["n_embed"] = 64

@@ -9,9 +9,11 @@ from conftest import shared_path
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from i2a.models.gpt import (GPT, TokenSampler, bucket_schedule, kv_cache_bytes, load_transformer,
-                            random_features, rows_by_video, sample_frame_indices, sample_tokens)
-from i2a.runspec import GPTConfig
+from i2a.models.condition import random_features
+from i2a.models.gpt import GPT, TokenSampler, bucket_schedule, kv_cache_bytes, rows_by_video, sample_tokens
+from i2a.models.transformer import LoadedTransformer, load_transformer
+from i2a.spec.frames import sample_frame_indices
+from i2a.spec.runspec import GPTConfig, RunSpec
 
 TINY = GPTConfig(vocab_size=32, block_size=24, layers=2, heads=2, embed=16, feat_dim=6)
 
@@ -63,13 +65,15 @@ def test_load_transformer_specvqgan_lightning_checkpoint(tmp_path):
     path = tmp_path / "specvqgan.ckpt"
     torch.save(ckpt, path)
     cfg = GPTConfig.from_dict(ref["config"])
-    model = load_transformer(path, cfg)
+    loaded = load_transformer(path, cfg)
+    assert loaded.spec is None and loaded.feature_stats is None  # a SpecVQGAN file does not describe itself
+    model = loaded.gpt
     assert not model.training
     with torch.no_grad():
         logits = model(ref["inputs"]["idx"], ref["inputs"]["feats"])
     assert (logits - ref["outputs"]["logits"]).abs().max().item() < 1e-4
     # without a config the sizes are read from the shapes (head count must then be given when not 16)
-    inferred = load_transformer(path, None)
+    inferred = load_transformer(path, None).gpt
     assert (inferred.config.layers, inferred.config.block_size, inferred.config.feat_dim) == (2, 270, 2048)
 
 
@@ -100,44 +104,58 @@ def test_cached_sampler_equals_full_recompute():
     model = _tiny_model()
     feats = torch.randn(3, 6, 4)
     seeds = [11, 12, 13]
-    plain = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=False)
-    cached = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=True)
+    plain = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=seeds, cache=False)
+    cached = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=seeds, cache=True)
     assert plain.shape == (3, 20) and plain.dtype == torch.long
     assert torch.equal(plain, cached)
     # the bucketed step (what CUDA captures as one graph per bucket) gives them too
-    bucketed = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, cache=True, bucket=8)
+    bucketed = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=seeds, cache=True, bucket=8)
     assert torch.equal(plain, bucketed)
     assert 0 <= int(cached.min()) and int(cached.max()) < TINY.vocab_size
     # the conditioning matters and different seeds differ
-    other = sample_tokens(model, feats, 20, top_k=8, seeds=[21, 22, 23])
+    other = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=[21, 22, 23])
     assert not torch.equal(other, cached)
 
 
 def test_sampling_standardises_features_as_training_did():
-    """A checkpoint trained with `feature_norm: standard` carries its statistics; sample_tokens takes features as
-    extracted and standardises them with those, exactly as model_inputs does in training."""
+    """A run trained with `feature_norm: standard` carries its statistics; its loaded transformer takes features as
+    extracted and standardises them with those, exactly as model_inputs does in training, because its spec says so."""
     from i2a.training.gpt import model_inputs
 
     model = _tiny_model(8)
     feats = torch.randn(3, 6, 4) * 5 + 2
     mean, std = torch.randn(6), torch.rand(6) + 0.5
     _, trained_on = model_inputs((torch.zeros(3, 2, dtype=torch.int16), feats.transpose(1, 2)), mean, std)
-    expected = sample_tokens(model, trained_on, 20, top_k=8, seeds=[1, 2, 3])
-    model.feature_stats = {"mean": mean, "std": std}
-    assert torch.equal(sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3]), expected)
-    assert torch.equal(sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3], cache=False), expected)
-    assert not torch.equal(sample_tokens(model, trained_on, 20, top_k=8, seeds=[1, 2, 3]), expected)
+    expected = sample_tokens(model, trained_on, 20, top_k=8, temperature=1.0, seeds=[1, 2, 3])
+    spec = RunSpec(name="standard", features="resnet18", feat_sample_size=4, feature_norm="standard", model=TINY)
+    loaded = LoadedTransformer(model, spec, feature_stats={"mean": mean, "std": std})
+    assert torch.equal(loaded.sample(feats, 20, top_k=8, temperature=1.0, seeds=[1, 2, 3]), expected)
+    assert torch.equal(loaded.sample(feats, 20, top_k=8, temperature=1.0, seeds=[1, 2, 3], cache=False), expected)
+    assert not torch.equal(sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=[1, 2, 3]), expected)
+    raw = LoadedTransformer(model, RunSpec(name="raw", features="resnet18", feat_sample_size=4, model=TINY))
+    assert torch.equal(raw.sample(feats, 20, top_k=8, temperature=1.0, seeds=[1, 2, 3]),
+                       sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=[1, 2, 3]))
+
+
+def test_a_loaded_transformer_has_statistics_exactly_when_its_run_standardises():
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="'standard' needs feature statistics exactly when"):
+        LoadedTransformer(model, RunSpec(name="s", features="resnet18", feat_sample_size=4, feature_norm="standard",
+                                         model=TINY))
+    with pytest.raises(ValueError, match="'raw' needs feature statistics exactly when"):
+        LoadedTransformer(model, RunSpec(name="r", features="resnet18", feat_sample_size=4, model=TINY),
+                          feature_stats={"mean": torch.zeros(6), "std": torch.ones(6)})
 
 
 @pytest.mark.parametrize("bucket", [0, 8])
 def test_rows_do_not_depend_on_their_batch(bucket):
     model = _tiny_model(1)
     feats = torch.randn(4, 6, 4)
-    together = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2, 3, 4], bucket=bucket)
-    alone = torch.cat([sample_tokens(model, feats[i:i + 1], 20, top_k=8, seeds=[s], bucket=bucket)
+    together = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=[1, 2, 3, 4], bucket=bucket)
+    alone = torch.cat([sample_tokens(model, feats[i:i + 1], 20, top_k=8, temperature=1.0, seeds=[s], bucket=bucket)
                        for i, s in enumerate([1, 2, 3, 4])])
     assert torch.equal(together, alone)
-    swapped = sample_tokens(model, feats[[2, 0]], 20, top_k=8, seeds=[3, 1], bucket=bucket)
+    swapped = sample_tokens(model, feats[[2, 0]], 20, top_k=8, temperature=1.0, seeds=[3, 1], bucket=bucket)
     assert torch.equal(swapped, together[[2, 0]])
 
 
@@ -158,15 +176,15 @@ def test_shared_prefix_gives_the_full_recomputes_tokens(S):
     feats = torch.randn(3, 6, S)
     video_of_row = torch.tensor([0, 1, 0, 2, 0, 2, 1, 0, 2])
     seeds = [7 * r + 1 for r in range(9)]
-    full = sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds, cache=False)
+    full = sample_tokens(model, feats[video_of_row], 20, top_k=8, temperature=1.0, seeds=seeds, cache=False)
     for bucket in (0, 8, 32):
-        assert torch.equal(sample_tokens(model, feats, 20, top_k=8, seeds=seeds, video_of_row=video_of_row,
+        assert torch.equal(sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=seeds, video_of_row=video_of_row,
                                          bucket=bucket), full), bucket
     # found from the rows' features when not given, and the per-row prefix (the sampler before) agrees
-    assert torch.equal(sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds), full)
-    assert torch.equal(sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds, share_prefix=False), full)
+    assert torch.equal(sample_tokens(model, feats[video_of_row], 20, top_k=8, temperature=1.0, seeds=seeds), full)
+    assert torch.equal(sample_tokens(model, feats[video_of_row], 20, top_k=8, temperature=1.0, seeds=seeds, share_prefix=False), full)
     # the samples of one video depend on the video, not only on the seed
-    assert not torch.equal(full[0], sample_tokens(model, feats[1:2], 20, top_k=8, seeds=seeds[:1])[0])
+    assert not torch.equal(full[0], sample_tokens(model, feats[1:2], 20, top_k=8, temperature=1.0, seeds=seeds[:1])[0])
 
 
 def test_batches_that_split_a_videos_samples_give_the_same_tokens():
@@ -175,17 +193,17 @@ def test_batches_that_split_a_videos_samples_give_the_same_tokens():
     feats = torch.randn(2, 6, 5)
     video_of_row = torch.arange(2).repeat_interleave(5)
     seeds = list(range(100, 110))
-    whole = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, video_of_row=video_of_row)
-    pieces = torch.cat([sample_tokens(model, feats, 20, top_k=8, seeds=seeds[i:i + 3],
+    whole = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=seeds, video_of_row=video_of_row)
+    pieces = torch.cat([sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=seeds[i:i + 3],
                                       video_of_row=video_of_row[i:i + 3], bucket=8) for i in range(0, 10, 3)])
     assert torch.equal(whole, pieces)
-    assert torch.equal(whole, sample_tokens(model, feats[video_of_row], 20, top_k=8, seeds=seeds, cache=False))
+    assert torch.equal(whole, sample_tokens(model, feats[video_of_row], 20, top_k=8, temperature=1.0, seeds=seeds, cache=False))
 
 
 def test_the_prefix_is_kept_once_per_video():
     model = _model_for(5)
     video_of_row = torch.tensor([0, 0, 0, 1, 1, 1])
-    sampler = TokenSampler(model, 5, torch.rand(6, 20), video_of_row, top_k=8)
+    sampler = TokenSampler(model, 5, torch.rand(6, 20), video_of_row, top_k=8, temperature=1.0)
     assert sampler.prefix_k.shape[:2] == (2, 2) and sampler.prefix_k.shape[3] == 5  # layers, videos, heads, S
     assert sampler.k.shape[:2] == (2, 6) and sampler.k.shape[3] == 32  # own: 19 tokens in 16-slot blocks
     unique, index = rows_by_video(torch.randn(2, 6, 5)[video_of_row])
@@ -211,9 +229,9 @@ def test_large_batch_rows_match_small_batches():
     model = _tiny_model(4)
     feats = torch.randn(300, 6, 4)
     seeds = list(range(100, 400))
-    big = sample_tokens(model, feats, 20, top_k=8, seeds=seeds, bucket=8)
+    big = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=seeds, bucket=8)
     for rows in ([0, 1, 2], [150, 151, 299]):
-        assert torch.equal(big[rows], sample_tokens(model, feats[rows], 20, top_k=8, seeds=[seeds[r] for r in rows]))
+        assert torch.equal(big[rows], sample_tokens(model, feats[rows], 20, top_k=8, temperature=1.0, seeds=[seeds[r] for r in rows]))
 
 
 class _RecordOps(TorchDispatchMode):
@@ -242,7 +260,7 @@ def test_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes():
     arguments; the next bucket reads more slots (another graph); exact slices change every step (the CPU's)."""
     model = _tiny_model(5)
     feats, u = torch.randn(3, 6, 4), torch.rand(3, 12)
-    sampler = TokenSampler(model, 4, u, top_k=8, bucket=4)
+    sampler = TokenSampler(model, 4, u, top_k=8, temperature=1.0, bucket=4)
     with torch.no_grad():
         sampler.prefill(feats)
     first = _step_ops(sampler, 4)  # step 1 of bucket (1..4]
@@ -251,7 +269,7 @@ def test_steps_of_one_bucket_run_the_same_ops_on_the_same_shapes():
     assert _step_ops(sampler, 4) == first  # step 3
     sampler.step(4)
     assert _step_ops(sampler, 8) != first  # step 5: the next bucket
-    exact = TokenSampler(model, 4, u, top_k=8, bucket=0)
+    exact = TokenSampler(model, 4, u, top_k=8, temperature=1.0, bucket=0)
     with torch.no_grad():
         exact.prefill(feats)
     assert _step_ops(exact, 1) != _step_ops(exact, 2)
@@ -262,7 +280,7 @@ def test_sampler_linears_are_reordered_for_onednn_on_the_cpu():
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this PyTorch has no oneDNN")
     model = _tiny_model(7)
-    sampler = TokenSampler(model, 4, torch.rand(3, 12), top_k=8)
+    sampler = TokenSampler(model, 4, torch.rand(3, 12), top_k=8, temperature=1.0)
     block = model.blocks[0]
     for lin, ref in ((sampler.layers[0].fc, block.mlp[0]), (sampler.layers[0].out, block.mlp[2]),
                      (sampler.head, model.head)):
@@ -270,22 +288,22 @@ def test_sampler_linears_are_reordered_for_onednn_on_the_cpu():
         x = torch.randn(3, 1, ref.in_features)
         with torch.no_grad():
             torch.testing.assert_close(lin(x), ref(x), rtol=1e-5, atol=1e-5)
-    bf16 = TokenSampler(model, 4, torch.rand(3, 12), top_k=8, dtype=torch.bfloat16)
+    bf16 = TokenSampler(model, 4, torch.rand(3, 12), top_k=8, temperature=1.0, dtype=torch.bfloat16)
     assert bf16.layers[0].fc.packed is None  # bf16 goes through F.linear
 
 
 def test_bf16_sampling_runs():
     model = _tiny_model(6)
     feats = torch.randn(2, 6, 4)
-    tokens = sample_tokens(model, feats, 20, top_k=8, seeds=[1, 2], dtype=torch.bfloat16, bucket=8)
+    tokens = sample_tokens(model, feats, 20, top_k=8, temperature=1.0, seeds=[1, 2], dtype=torch.bfloat16, bucket=8)
     assert tokens.shape == (2, 20) and 0 <= int(tokens.min()) and int(tokens.max()) < TINY.vocab_size
 
 
 def test_first_token_comes_from_last_condition_position():
-    """logits[:, S-1] predicts token 1: with top_k=1 the first sampled token is its argmax."""
+    """logits[:, S-1] predicts token 1: with top_k=1, temperature=1.0 the first sampled token is its argmax."""
     model = _tiny_model(2)
     feats = torch.randn(2, 6, 3)
-    tokens = sample_tokens(model, feats, 5, top_k=1, seeds=[0, 1])
+    tokens = sample_tokens(model, feats, 5, top_k=1, temperature=1.0, seeds=[0, 1])
     with torch.no_grad():
         logits = model(tokens[:, :-1], feats)
     assert logits.shape == (2, 3 + 4, TINY.vocab_size)
@@ -297,16 +315,16 @@ def test_top_k_restricts_support():
     feats = torch.randn(1, 6, 2)
     with torch.no_grad():
         allowed = set(torch.topk(model(torch.zeros(1, 0, dtype=torch.long), feats)[0, -1], 3).indices.tolist())
-    firsts = {int(sample_tokens(model, feats, 1, top_k=3, seeds=[s])[0, 0]) for s in range(60)}
+    firsts = {int(sample_tokens(model, feats, 1, top_k=3, temperature=1.0, seeds=[s])[0, 0]) for s in range(60)}
     assert firsts <= allowed and len(firsts) >= 2
 
 
 def test_sampler_rejects_bad_input():
     model = _tiny_model()
     with pytest.raises(ValueError, match="seed"):
-        sample_tokens(model, torch.randn(2, 6, 4), 5, seeds=[1])
+        sample_tokens(model, torch.randn(2, 6, 4), 5, top_k=8, temperature=1.0, seeds=[1])
     with pytest.raises(ValueError, match="block_size"):
-        sample_tokens(model, torch.randn(1, 6, 10), 20, seeds=[1])
+        sample_tokens(model, torch.randn(1, 6, 10), 20, top_k=8, temperature=1.0, seeds=[1])
 
 
 def test_random_features_are_uniform_and_seeded():

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from i2a.data.store import NpyRowWriter, ShardedArray
-from i2a.models.gpt import GPT, sample_frame_indices
-from i2a.runspec import GPTConfig, RunSpec, TrainSettings
+from i2a.models.gpt import GPT
+from i2a.spec.frames import sample_frame_indices
+from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
 from i2a.training.gpt import LOADER_DEFAULTS, GPTDataset, loader_workers, model_inputs, train_gpt
 from i2a.training.loop import EpochSampler
 
@@ -124,7 +125,7 @@ def test_loader_settings_come_from_the_config_schema():
 
     import yaml
 
-    from i2a.config import validate_config
+    from i2a.spec.config import validate_config
 
     repo = Path(__file__).resolve().parents[1]
     config = yaml.safe_load((repo / "config/config.yaml").read_text())

@@ -8,7 +8,7 @@ import torch
 from conftest import shared_path
 from i2a.models.melception import (Melception, MelceptionConfig, compute_mel_stats, load_melception,
                                    melception_outputs, read_mel_stats, standardise)
-from i2a.models.released import released
+from i2a.spec.released import released
 from i2a.training.melception import MelceptionTrainConfig, recalibrate_batchnorm, train_melception
 
 MELCEPTION_URL = released("melception").url

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from i2a.plan import JobRequest, format_plan, main, plan_jobs, summarise
+from i2a.pipeline.plan import JobRequest, format_plan, main, plan_jobs, summarise
 
 STUDY = yaml.safe_load((REPO / "config/config.yaml").read_text())
 PROFILE = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
@@ -103,9 +103,9 @@ def test_study_plan_takes_the_rules_requests_and_the_profiles_partitions(study_p
 
 def test_study_requests_at_most_3x_its_expected_gpu_hours_and_no_job_over_max_runtime(study_plan):
     """With the H200 calibration (the study config's default), limits follow the work: at most 3x the expected
-    GPU-hours in all, each job's limit from the same function as the rule's (i2a.sizing), none over 24 h."""
-    from i2a.plan import totals
-    from i2a.sizing import load_calibration
+    GPU-hours in all, each job's limit from the same function as the rule's (i2a.pipeline.sizing), none over 24 h."""
+    from i2a.pipeline.plan import totals
+    from i2a.pipeline.sizing import load_calibration
 
     jobs, _ = study_plan
     summary = totals(jobs, load_calibration("profiles/slurm/calibration/h200.yaml"), 8)
@@ -137,7 +137,7 @@ def test_more_gpus_request_fewer_hours_for_the_same_run(tmp_path):
 
 
 def test_profile_reads_the_cluster_names_from_the_environment(monkeypatch):
-    from i2a.plan import placeholders
+    from i2a.pipeline.plan import placeholders
 
     names = {"I2A_SLURM_ACCOUNT": "proj42", "I2A_SLURM_CPU_PARTITION": "short", "I2A_SLURM_GPU_PARTITION": "h200",
              "I2A_SLURM_GPU_MODEL": "h200", "I2A_SLURM_QOS": "normal"}

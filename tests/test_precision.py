@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from i2a.precision import PRECISIONS, autocast_dtype, describe, lightning_precision, set_precision, use_precision
+from i2a.infra.precision import PRECISIONS, autocast_dtype, describe, lightning_precision, set_precision, use_precision
 
 # (float32_matmul_precision, cuBLAS TF32, cuDNN TF32, autocast) as each setting must leave them
 EXPECTED = {"fp32": ("highest", False, False, None), "tf32": ("high", True, True, None),
@@ -93,7 +93,7 @@ def test_a_job_log_records_its_precision(tmp_path, precision):
     """start_job as a job runs it (in its own process: it takes over stdout and logging)."""
     log = tmp_path / "job.log"
     arg = "" if precision is None else f", precision={precision!r}"
-    code = ("from types import SimpleNamespace as NS\nimport torch\nfrom i2a.jobs import start_job\n"
+    code = ("from types import SimpleNamespace as NS\nimport torch\nfrom i2a.pipeline.jobs import start_job\n"
             f"start_job(NS(log=[{str(log)!r}], threads=1, rule='r', wildcards={{}}){arg})\n"
             "print('flags', torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}

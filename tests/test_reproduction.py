@@ -15,8 +15,8 @@ import yaml
 
 from conftest import REPO
 from loopback import serve, tar_bytes
-from i2a.config import ConfigError, validate_config
-from i2a.models import released as registry
+from i2a.spec.config import ConfigError, validate_config
+from i2a.spec import released as registry
 from workflow_helpers import copy_workflow, planned_jobs, snakemake
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -33,7 +33,7 @@ def study(**run_changes) -> dict:
 
 # ---------------------------------------------------------------- the released rows
 def test_the_study_has_every_released_vas_transformer_at_its_published_sample_count():
-    from i2a.runspec import RunSpec
+    from i2a.spec.runspec import RunSpec
 
     config = validate_config(copy.deepcopy(STUDY), SCHEMA)
     rows = {r["released"]: RunSpec.from_config(config, r) for r in config["runs"] if r["source"] == "released"}
@@ -118,7 +118,7 @@ def test_fetching_a_released_transformer_checks_it_and_records_what_it_is(archiv
     monkeypatch.setitem(registry.RELEASED, "resnet50_5feat", entry)
     dest = tmp_path / "resnet50_5feat.ckpt"
     if not fits:
-        with pytest.raises(ValueError, match="heads: the checkpoint has 8, i2a/models/released.py says 16"):
+        with pytest.raises(ValueError, match="heads: the checkpoint has 8, i2a/spec/released.py says 16"):
             registry.fetch_released("resnet50_5feat", dest, url=archive_server.url)
         assert not dest.exists()
         return
@@ -133,7 +133,7 @@ def test_the_table_carries_the_published_numbers_and_the_inputs(tmp_path):
     import pandas as pd
 
     from i2a.evaluation.table import build_table
-    from i2a.runspec import RunSpec
+    from i2a.spec.runspec import RunSpec
 
     config = validate_config(copy.deepcopy(STUDY), SCHEMA)
     # resnet50-published and resnet50-5feats-published
@@ -241,7 +241,7 @@ def test_melgan_is_checked_against_the_md5_its_author_published(archive_server, 
     assert registry.released("melgan").md5 == "e9e3ea89122d31e3dec25f585d215335"
     archive_server.payload = b"not the generator"
     dest = tmp_path / "melgan.ckpt"
-    from i2a.download import DownloadError
+    from i2a.infra.download import DownloadError
 
     with pytest.raises(DownloadError, match="e9e3ea89122d31e3dec25f585d215335"):
         registry.fetch_released("melgan", dest, url=archive_server.url)
@@ -251,8 +251,8 @@ def test_melgan_is_checked_against_the_md5_its_author_published(archive_server, 
 def test_best_netg_is_selectable_and_its_md5_is_recorded_at_first_fetch(archive_server, tmp_path):
     """SpecVQGAN's own sampling loads best_netG.pt, for which no MD5 is published: the first whole download records
     one, and a file that changes afterwards is refused. netG.pt (pinned) stays the default."""
-    from i2a.config import component_checkpoint
-    from i2a.download import DownloadError
+    from i2a.spec.config import component_checkpoint
+    from i2a.infra.download import DownloadError
 
     default = validate_config(copy.deepcopy(STUDY), SCHEMA)
     assert component_checkpoint(default, "melgan") == "resources/checkpoints/melgan.ckpt"
@@ -301,7 +301,7 @@ def test_the_codebook_fetch_records_whether_last_and_epoch_259_differ_and_takes_
 
 
 def test_the_codebook_member_is_a_config_key():
-    from i2a.config import component_checkpoint
+    from i2a.spec.config import component_checkpoint
 
     config = validate_config({**copy.deepcopy(STUDY), "codebook": {"member": "last.ckpt"}}, SCHEMA)
     assert component_checkpoint(config, "codebook") == "resources/checkpoints/vas_codebook.last.ckpt"

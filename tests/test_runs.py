@@ -6,8 +6,9 @@ import pandas as pd
 import torch
 
 from i2a.evaluation.table import build_table, clip_counts
-from i2a.runspec import GPTConfig, RunSpec, TrainSettings
-from i2a.samples import condition, sample_seeds
+from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
+from i2a.models.condition import condition
+from i2a.sampling.samples import sample_seeds
 from i2a.training.loop import TrainingState
 
 RUN = RunSpec(name="r", features="resnet18", feat_sample_size=5,
@@ -90,7 +91,7 @@ def test_a_job_uses_exactly_its_rules_threads(tmp_path):
     script = f"""
 import os, types
 os.environ["OMP_NUM_THREADS"] = "7"
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 smk = types.SimpleNamespace(log=[r"{tmp_path / 'job.log'}"], threads=3, rule="sample_tokens",
                             wildcards=types.SimpleNamespace(items=lambda: []))
 start_job(smk)
@@ -109,19 +110,19 @@ def test_batch_size_auto_fills_the_gpu_and_is_bounded_on_the_cpu(monkeypatch, ca
     import logging
 
     from i2a.models.gpt import GPT, kv_cache_bytes
-    from i2a.samples import AUTO_CPU_ROWS, videos_per_batch
+    from i2a.sampling.samples import AUTO_CPU_ROWS, videos_per_batch
 
     with torch.device("meta"):
         gpt = GPT(GPTConfig(layers=24))  # the study's shape, nothing allocated
     assert videos_per_batch(64, 10, gpt, 212, 265, torch.float32, torch.device("cpu")) == 6
     assert videos_per_batch(5, 10, gpt, 212, 265, torch.float32, torch.device("cpu")) == 1
-    with caplog.at_level(logging.INFO, logger="i2a.samples"):
+    with caplog.at_level(logging.INFO, logger="i2a.sampling.samples"):
         assert videos_per_batch("auto", 10, gpt, 212, 265, torch.float32, torch.device("cpu")) == AUTO_CPU_ROWS // 10
     assert "6 videos x 10 samples = 60 sequences per batch" in caplog.text
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (120 * gib, 141 * gib))
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="i2a.samples"):
+    with caplog.at_level(logging.INFO, logger="i2a.sampling.samples"):
         bf16 = videos_per_batch("auto", 100, gpt, 212, 265, torch.bfloat16, torch.device("cuda"))
     caches = kv_cache_bytes(gpt.config, 100, 1, 212, 265, torch.bfloat16)
     assert bf16 * caches < 120 * gib < (bf16 + 1) * caches * 1.2  # fills it, within the headroom

@@ -16,7 +16,7 @@ from i2a.evaluation.scoring import (best_row, class_agreement, compare_rows, com
                                     score_samples)
 from i2a.evaluation.table import comparison_table
 from i2a.models.melception import CKPT_FORMAT, Melception, MelceptionConfig
-from i2a.samples import vocode_samples
+from i2a.sampling.samples import vocode_samples
 
 CLASSES = ["low", "high"]
 T = 48

@@ -174,7 +174,7 @@ def slurm_demo(tmp_path_factory):
     interrupted: dict[str, dict] = {}
     with open(log_path, "w") as log:
         # the node's GPUs are stand-ins (null device files): the jobs given one run on the CPU on purpose
-        # (sbatch passes the environment on), where a real job would stop at once (i2a.device.check_gpu_given)
+        # (sbatch passes the environment on), where a real job would stop at once (i2a.infra.device.check_gpu_given)
         env = {**cluster_environment(names), "I2A_ALLOW_NO_CUDA": "1"}
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
         job_name = None

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from i2a.parallel import prefetched
+from i2a.infra.parallel import prefetched
 from i2a.data.store import NpyRowWriter
 
 

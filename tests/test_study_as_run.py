@@ -68,9 +68,9 @@ def test_the_logged_numbers_are_the_notes_with_the_two_transcription_errors_corr
 
 
 def test_the_table_puts_the_reports_and_the_logs_numbers_beside_the_measured_ones(tmp_path):
-    from i2a.config import validate_config
+    from i2a.spec.config import validate_config
     from i2a.evaluation.table import build_table
-    from i2a.runspec import RunSpec
+    from i2a.spec.runspec import RunSpec
 
     config = validate_config(yaml.safe_load((REPO / "config/config.yaml").read_text()),
                              REPO / "workflow/schemas/config.schema.yaml")
@@ -130,7 +130,7 @@ NOTE_SAMPLES_PER_VIDEO = 2
 
 @pytest.fixture(scope="module")
 def as_run():
-    from i2a.config import merge_config, validate_config
+    from i2a.spec.config import merge_config, validate_config
 
     overlay = yaml.safe_load((REPO / "config/study-as-run.yaml").read_text())
     return validate_config(merge_config(yaml.safe_load((REPO / "config/config.yaml").read_text()), overlay),
@@ -138,7 +138,7 @@ def as_run():
 
 
 def test_every_trained_row_of_the_overlay_has_the_settings_the_note_logged(as_run):
-    from i2a.runspec import RunSpec
+    from i2a.spec.runspec import RunSpec
 
     specs = {run["name"]: RunSpec.from_config(as_run, run) for run in as_run["runs"]}
     trained = {name for name, spec in specs.items() if spec.source == "train"}
@@ -165,8 +165,8 @@ def test_every_trained_row_of_the_overlay_has_the_settings_the_note_logged(as_ru
 
 
 def test_the_overlay_takes_the_studys_inputs_codebook_and_arithmetic(as_run):
-    from i2a.config import component_checkpoint
-    from i2a.features.registry import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, resolve_weights
+    from i2a.spec.config import component_checkpoint
+    from i2a.spec.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, resolve_weights
 
     assert as_run["vas"]["source"] == "authors"  # the authors' mels, and their ResNet50 features
     assert component_checkpoint(as_run, "codebook").endswith("vas_codebook.last.ckpt")
@@ -203,7 +203,7 @@ def test_the_overlay_plans_the_whole_table():
 
 
 def test_the_overlays_jobs_all_have_a_partition_and_the_gpus_their_row_logged():
-    from i2a.plan import plan_jobs
+    from i2a.pipeline.plan import plan_jobs
 
     profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     jobs = plan_jobs(["results/as-run/table.csv"], configfiles=[str(REPO / "config/study-as-run.yaml")],

@@ -8,8 +8,9 @@ import torch
 
 from conftest import Crash, crash_after
 from i2a.data.store import ShardedArray, save_npy
-from i2a.models.gpt import GPT, load_transformer
-from i2a.runspec import GPTConfig, RunSpec, TrainSettings
+from i2a.models.gpt import GPT
+from i2a.models.transformer import load_transformer
+from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
 from i2a.training.gpt import GPTDataset, curve_summary, model_inputs, optimizer_groups
 from i2a.training.loop import EpochSampler
 from i2a.training.gpt import train_gpt as _train_gpt
@@ -150,7 +151,7 @@ def test_train_resume_matches_uninterrupted_run(tmp_path, caplog):
 
     # a finished job started again does nothing; the checkpoint loads as a plain GPT with its config
     assert train_gpt(train, valid, cfg, tmp_path / "full", accelerator="cpu")["best_epoch"] == full["best_epoch"]
-    model = load_transformer(tmp_path / "full" / "best.ckpt")
+    model = load_transformer(tmp_path / "full" / "best.ckpt").gpt
     assert (model.config.layers, model.config.block_size, model.config.feat_dim) == (1, N_TOK + S, DIM)
     tok, f = item(valid, 0)
     with torch.no_grad():
@@ -197,7 +198,7 @@ def test_two_gpus_means_ddp_with_the_lr_rule_and_a_complete_validation(tmp_path)
     rows = _read_csv(tmp_path / "run" / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     last = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
-    model = load_transformer(tmp_path / "run" / "last.ckpt")
+    model = load_transformer(tmp_path / "run" / "last.ckpt").gpt
     valid = GPTDataset(*_data(8, 2), S=S)
     with torch.no_grad():
         losses = []

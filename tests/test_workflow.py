@@ -509,16 +509,18 @@ def valid_frames(demo, tmp_path_factory) -> dict[Path, str]:
 def test_a_picture_generates_the_sound_of_its_class(demo, valid_frames, run, tmp_path, monkeypatch):
     """The middle frame of each validation video, given as an image: the demo's Melception hears that video's
     class in the generated spectrograms far above chance (4 classes: 25%)."""
-    from i2a import generate
+    from i2a.sampling.loading import load_run_model
+    from i2a.sampling.loop import generate
+    from i2a.spec.config import load_config
     from i2a.evaluation.scoring import load_evaluator
     from i2a.models.melception import melception_outputs
 
     workdir, _ = demo
     monkeypatch.chdir(workdir)
-    model = generate.load_run_model(generate.load_config("config/demo.yaml"), run, "cpu")
+    model = load_run_model(load_config("config/demo.yaml"), run, "cpu")
     assert model.S == 5 and model.spec.features in ("resnet18", "clip_vit_b32")  # what the checkpoint says
-    results = generate.generate(model, list(valid_frames), tmp_path, samples=4, seed=0, keep_mels=True,
-                                progress=False)
+    results = generate(model, list(valid_frames), tmp_path, samples=4, seed=0, keep_mels=True,
+                       progress=False)
     assert all(r.error is None for r in results), [r.error for r in results if r.error]
     evaluator, stats = load_evaluator(workdir / "results/demo/eval/melception.ckpt")
     mels = np.concatenate([r.mels for r in results])

@@ -7,10 +7,10 @@ import sys
 from typing import Sequence
 
 COMMANDS = {
-    "generate": ("i2a.generate", "sound for your own images and videos with a run's or a released model"),
-    "app": ("i2a.generate", "a local web page to try a model: upload a picture or a video, hear its sounds"),
-    "plan": ("i2a.plan", "expected and requested hours per rule and training run on SLURM (make plan)"),
-    "calibrate": ("i2a.calibrate", "measure this machine's throughput for each compute-heavy rule"),
+    "generate": ("i2a.sampling.cli", "sound for your own images and videos with a run's or a released model"),
+    "app": ("i2a.sampling.cli", "a local web page to try a model: upload a picture or a video, hear its sounds"),
+    "plan": ("i2a.pipeline.plan", "expected and requested hours per rule and training run on SLURM (make plan)"),
+    "calibrate": ("i2a.pipeline.calibrate", "measure this machine's throughput for each compute-heavy rule"),
 }
 
 

@@ -2,7 +2,7 @@
 
 
 rule fetch_checkpoint:
-    """A released SpecVQGAN file (design.md §10, i2a/models/released.py), MD5 checked; on the login node."""
+    """A released SpecVQGAN file (design.md §10, i2a/spec/released.py), MD5 checked; on the login node."""
     output:
         "resources/checkpoints/{name}.{ext}",
     log:

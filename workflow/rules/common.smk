@@ -10,21 +10,21 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from i2a.checksum import listing_digest
-from i2a.config import ConfigError, baseline_run, component_checkpoint, validate_config
-from i2a.lock import AnotherRunError, guard
+from i2a.infra.checksum import listing_digest
+from i2a.spec.config import ConfigError, baseline_run, component_checkpoint, validate_config
+from i2a.pipeline.lock import AnotherRunError, guard
 from i2a.data import authors
-from i2a.features.registry import BACKBONES, WEIGHTS_FILES, weights_file
-from i2a.models.released import RELEASED, released
-from i2a.runspec import CEILING_ROW, CONTROL_SUFFIX, RunSpec
-from i2a import sizing
+from i2a.spec.backbones import BACKBONES, WEIGHTS_FILES, weights_file
+from i2a.spec.released import RELEASED, released
+from i2a.spec.runspec import CEILING_ROW, CONTROL_SUFFIX, RunSpec
+from i2a.pipeline import sizing
 
 try:
     validate_config(config, Path(workflow.basedir) / "schemas/config.schema.yaml")
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
-# one executing instance per folder: a second one would delete the first one's locks when it ends (i2a.lock)
+# one executing instance per folder: a second one would delete the first one's locks when it ends (i2a.pipeline.lock)
 if workflow.is_main_process:
     try:
         guard()
@@ -212,7 +212,7 @@ def run_feature_stats(wildcards):
     return [f"{R}/features/{spec.features}/stats.npz"] if spec.feature_norm == "standard" else []
 
 
-# ---------------------------------------------------------------- what jobs ask SLURM for (i2a.sizing, docs/cluster.md)
+# ---------------------------------------------------------------- what jobs ask SLURM for (i2a.pipeline.sizing, docs/cluster.md)
 CLUSTER = config["cluster"]
 try:
     sizing.load_calibration(CLUSTER["calibration"])
@@ -267,7 +267,7 @@ def uses_cluster_names():
 # through the SLURM profile (a dry run included), say which cluster names are still the profile's defaults
 if workflow.is_main_process and uses_cluster_names():
     from snakemake.logging import logger
-    from i2a.plan import PROFILE_VARIABLES
+    from i2a.pipeline.plan import PROFILE_VARIABLES
 
     for name, meaning in PROFILE_VARIABLES.items():
         if not os.environ.get(name):

@@ -68,7 +68,7 @@ rule sample_tokens:
     """Top-k samples per validation video, decoded to spectrograms by the codebook; as `shuffled`, the control
     where each video is given another video's features (same transformer, same seeds); as bf16 (or fp32), the
     same samples in the other sampling precision (controls.precision). Threads: the job uses exactly `threads`
-    (i2a.jobs.start_job sets torch's and OpenMP's counts from it; docs/sampling.md says how to size them)."""
+    (i2a.pipeline.jobs.start_job sets torch's and OpenMP's counts from it; docs/sampling.md says how to size them)."""
     input:
         transformer=transformer_checkpoint,
         codebook=codebook_checkpoint(),

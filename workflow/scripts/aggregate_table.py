@@ -1,6 +1,6 @@
 """results/table.csv: the study's table, one row per run; comparisons.csv: every paired comparison."""
 from i2a.evaluation.table import write_table
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 log = start_job(snakemake)
 table = write_table(snakemake.params.runs, snakemake.params.rows, snakemake.params.baseline, snakemake.params.results,

@@ -1,6 +1,6 @@
 """A run sampled in the other precision against its own samples, paired over the same validation videos."""
 from i2a.evaluation.scoring import compare_rows
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 metrics = snakemake.params.metrics

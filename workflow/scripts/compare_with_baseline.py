@@ -1,6 +1,6 @@
 """One row against the baseline run, paired over the same validation videos (dKL, dFID with 95% intervals)."""
 from i2a.evaluation.scoring import compare_rows
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 metrics = snakemake.params.metrics

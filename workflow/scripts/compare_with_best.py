@@ -1,6 +1,6 @@
 """A conditioned run against the best conditioned run (lowest MKL), paired over the same validation videos."""
 from i2a.evaluation.scoring import compare_with_best
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 metrics = snakemake.params.metrics

@@ -1,6 +1,6 @@
 """Frame features of one shard's videos at video.fps: (clips, feat_crop, D), padded by tiling and centre-cropped."""
 from i2a.features.extract import extract_shard
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake, precision=snakemake.params.precision)
 backbone = snakemake.params.backbone

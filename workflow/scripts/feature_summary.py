@@ -1,6 +1,6 @@
 """A backbone's feature statistics (training split) and the linear-probe accuracy of its features."""
 from i2a.features.probe import summarise_features
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 summarise_features(snakemake.input.train, snakemake.input.valid, snakemake.input.train_index,

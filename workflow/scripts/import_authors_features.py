@@ -1,6 +1,6 @@
 """One shard's ResNet50 features of the authors, padded and cropped as the workflow's own extracted features are."""
 from i2a.data.authors import import_features_shard
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 frames = snakemake.params.frames

@@ -1,6 +1,6 @@
 """A run's listening gallery: one HTML page embedding frames, spectrograms and sounds of a few validation videos."""
-from i2a.jobs import start_job
-from i2a.atomic import write_text
+from i2a.pipeline.jobs import start_job
+from i2a.infra.atomic import write_text
 from i2a.report.gallery import collect_gallery, gallery_html
 
 log = start_job(snakemake)

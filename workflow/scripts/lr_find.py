@@ -1,7 +1,7 @@
 """Lightning's learning-rate finder on one run's training data -> runs/<run>/lr_find.json (loss against LR, the
 suggested LR); the run keeps its configured base_lr unless that is auto."""
-from i2a.jobs import start_job
-from i2a.runspec import RunSpec
+from i2a.pipeline.jobs import start_job
+from i2a.spec.runspec import RunSpec
 from i2a.training.gpt import lr_find_run
 
 spec = RunSpec.from_dict(snakemake.params.run)

@@ -1,5 +1,5 @@
 """Write the demo's toy dataset: <class>/<clip>.mp4 with H.264 video and AAC audio."""
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.data.synthetic import make_synthetic_dataset
 
 log = start_job(snakemake)

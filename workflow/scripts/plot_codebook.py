@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.report.figures import codebook_figure, save_svg
 
 start_job(snakemake)

@@ -1,5 +1,5 @@
 """One run's training and validation loss per epoch as SVG."""
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.report.figures import loss_figure, read_training_curves, save_svg
 
 log = start_job(snakemake)

@@ -1,7 +1,7 @@
 """One run's learning-rate finder (runs/<run>/lr_find.json) as SVG: loss against LR, the suggestion marked."""
 import json
 
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.report.figures import lr_find_figure, save_svg
 
 log = start_job(snakemake)

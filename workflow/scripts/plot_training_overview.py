@@ -1,5 +1,5 @@
 """Validation loss and learning rate of every trained run, one plot each."""
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.report.figures import overview_figure, read_training_curves, save_svg
 
 log = start_job(snakemake)

@@ -1,7 +1,7 @@
 """The 10 s videos of one data shard's clips (the authors' mels), for the backbones the authors published no
 features of."""
 from i2a.data.authors import preprocess_authors_videos
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 audio = snakemake.params.data["audio"]

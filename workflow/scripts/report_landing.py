@@ -1,6 +1,6 @@
 """The report's landing page (reStructuredText) and its method page from the table, the paired comparisons, the
 evaluator, the probes and the codebook."""
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.report.landing import write_landing
 
 start_job(snakemake)

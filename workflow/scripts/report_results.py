@@ -1,8 +1,8 @@
 """The report's results page (table.html) and MKL/FID per run (scores.svg) from table.csv."""
 import pandas as pd
 
-from i2a.jobs import start_job
-from i2a.atomic import write_text
+from i2a.pipeline.jobs import start_job
+from i2a.infra.atomic import write_text
 from i2a.report.figures import save_svg, scores_figure
 from i2a.report.pages import table_html
 

@@ -1,6 +1,6 @@
 """Melception outputs of the real validation spectrograms, the reference every run is scored against."""
 from i2a.evaluation.scoring import score_reference
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 score_reference(snakemake.input.clips, snakemake.input.melception, (snakemake.input.stats or [None])[0],

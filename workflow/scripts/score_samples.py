@@ -1,6 +1,6 @@
 """FID and MKL (design.md §7) of one row's samples against the shared real reference, with 95% intervals."""
 from i2a.evaluation.scoring import score_samples
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 
 start_job(snakemake)
 metrics = snakemake.params.metrics

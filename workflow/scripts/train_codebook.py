@@ -1,7 +1,7 @@
 """Train the spectrogram codebook (design.md §4) on the training split's mels; a killed job resumes."""
 from pathlib import Path
 
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.training.codebook import train_from_shards
 
 start_job(snakemake)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 started = time.time()
 
-from i2a.jobs import start_job  # noqa: E402
-from i2a.runspec import RunSpec  # noqa: E402
+from i2a.pipeline.jobs import start_job  # noqa: E402
+from i2a.spec.runspec import RunSpec  # noqa: E402
 from i2a.training.gpt import train_run  # noqa: E402
 from i2a.training.segments import SEGMENT_EXIT, SegmentDone, deadline_from_runtime  # noqa: E402
 

@@ -1,5 +1,5 @@
 """A Melception-architecture classifier of the dataset's classes, the demo's stand-in for the VGGSound one."""
-from i2a.jobs import start_job
+from i2a.pipeline.jobs import start_job
 from i2a.training.melception import train_from_shards
 
 start_job(snakemake)

@@ -1,7 +1,7 @@
 """Generated spectrograms of the first validation videos as 22,050 Hz wav files, for listening."""
 from i2a.data.clips import mel_spec_from_config
-from i2a.jobs import start_job
-from i2a.samples import vocode_samples
+from i2a.pipeline.jobs import start_job
+from i2a.sampling.samples import vocode_samples
 
 start_job(snakemake)
 vocode_samples(snakemake.input.mels, snakemake.input.names, snakemake.output[0], snakemake.params.kind,

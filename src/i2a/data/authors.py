@@ -25,8 +25,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from i2a.download import open_tar
-from i2a.models.released import BASE_URL
+from i2a.infra.download import open_tar
+from i2a.spec.released import BASE_URL
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def import_mels_shard(clip_table: pd.DataFrame, mel_tars: Iterable[str | Path], 
     """A data shard folder (clips.tsv, mels.npy; see i2a.data.clips) from the authors' mel spectrograms of the
     shard's clips, stored as they are. A clip without a mel in the tars, or with one of another shape, is listed
     as skipped with the reason, as the workflow's own chain lists a clip it cannot decode."""
-    from i2a.atomic import atomic_path
+    from i2a.infra.atomic import atomic_path
     from i2a.data.clips import write_tsv
     from i2a.data.store import NpyRowWriter
 
@@ -279,7 +279,7 @@ def import_features_shard(shard_dir: str | Path, feature_tars: Iterable[str | Pa
     workflow pads the features it extracts itself, stored as `dtype`."""
     from i2a.data.clips import Shard, write_tsv
     from i2a.data.store import NpyRowWriter
-    from i2a.features.extract import pad_and_crop
+    from i2a.spec.frames import pad_and_crop
 
     shard = Shard(shard_dir)
     tars = open_tars(feature_tars, RESNET50)
@@ -324,7 +324,7 @@ def preprocess_authors_videos(shard_dir: str | Path, raw_dir: str | Path, out_di
     found by name under `raw_dir` (<class>/<clip>.mp4, the VAS videos) and put through the workflow's chain, one
     row per clip of the shard in its order, for the backbones whose features the authors did not publish. A clip
     without a video there is listed as skipped, with the reason (its features are then a row of NaN)."""
-    from i2a.atomic import atomic_path
+    from i2a.infra.atomic import atomic_path
     from i2a.data.clips import Shard, find_clips, preprocess_shard
     from i2a.data.mel import MelSpec
 

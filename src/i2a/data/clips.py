@@ -20,8 +20,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from i2a.data.mel import MelSpec, mel_spectrogram
-from i2a.parallel import prefetched
-from i2a.atomic import atomic_path
+from i2a.infra.parallel import prefetched
+from i2a.infra.atomic import atomic_path
 from i2a.data.store import NpyRowWriter
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def unpack_vas(archive: str | Path, dest: str | Path) -> dict[str, int]:
     import zipfile
     import zlib
 
-    from i2a.download import DownloadError, discard_archive, unpack_zip
+    from i2a.infra.download import DownloadError, discard_archive, unpack_zip
 
     dest, archive = Path(dest), Path(archive)
     staging = dest.with_name(dest.name + ".unpacked")

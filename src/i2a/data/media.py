@@ -47,7 +47,7 @@ import av
 import numpy as np
 import soundfile
 
-from i2a.atomic import atomic_path
+from i2a.infra.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from i2a.atomic import atomic_path
+from i2a.infra.atomic import atomic_path
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from i2a.atomic import atomic_path
+from i2a.infra.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ The logs are `results/result_eval_<log>.txt` in the study's repository (Explorat
 SpecVQGAN-fine-tuning-experiments at 1f2cb83), each one's summary line `KL: ...; FID: ...` at 2 samples per
 video; the report rounded them to one decimal and mistyped two FIDs (row 2: 36.32 in its log, 36.2 in the table;
 row 7: 34.37, 34.7). Row 1 is SpecVQGAN's released ResNet50 model, whose number the report quotes from SpecVQGAN's
-README (`published_*` of i2a.models.released): the study logged no evaluation of it. The table puts these beside
+README (`published_*` of i2a.spec.released): the study logged no evaluation of it. The table puts these beside
 the measured values (i2a.evaluation.table). Torch-free.
 """
 from __future__ import annotations

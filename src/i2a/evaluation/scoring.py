@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from i2a.atomic import atomic_path, write_text
+from i2a.infra.atomic import atomic_path, write_text
 from i2a.evaluation.metrics import inception_score, kid, score_with_uncertainty
 
 log = logging.getLogger(__name__)
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def load_evaluator(melception_ckpt: str | Path, stats: str | Path | None = None, device=None):
     """(Melception, per-bin stats) ready to score; the released one needs its stats file."""
-    from i2a.device import pick_device
+    from i2a.infra.device import pick_device
     from i2a.models.melception import load_melception
 
     model, mel_stats = load_melception(melception_ckpt, stats_path=stats, device=pick_device(device))

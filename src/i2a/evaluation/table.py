@@ -2,7 +2,7 @@
 
 Column names are the config's (`layers`, `heads`, `embed`, `dropout`, `weight_decay`, `batch`, `gpus`). A row
 of a released transformer carries the published numbers beside the measured ones (`published_KL`,
-`published_FID`, from i2a.models.released), a row of the study's grid its report's and its evaluation logs' numbers
+`published_FID`, from i2a.spec.released), a row of the study's grid its report's and its evaluation logs' numbers
 (`reported_*`, `logged_*`, from i2a.evaluation.reference), and every row says which inputs it was computed on
 (`inputs`: derived here, the authors' precomputed mels and features, or their mels with features derived here).
 """
@@ -14,11 +14,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from i2a.atomic import atomic_path
+from i2a.infra.atomic import atomic_path
 from i2a.evaluation.reference import reference_columns
-from i2a.features.registry import display_name
-from i2a.models.released import released as released_file
-from i2a.runspec import CEILING_ROW, CONTROL_SUFFIX, RunSpec
+from i2a.spec.backbones import display_name
+from i2a.spec.released import released as released_file
+from i2a.spec.runspec import CEILING_ROW, CONTROL_SUFFIX, RunSpec
 from i2a.training.curves import curve_summary
 
 SCHEDULER_NAMES = {"none": "none", "plateau": "ReduceLROnPlateau", "cosine": "CosineAnnealing"}

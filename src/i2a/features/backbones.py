@@ -1,4 +1,4 @@
-"""Frame-feature backbones (design.md §3) built from their registry entries (`i2a.features.registry`).
+"""Frame-feature backbones (design.md §3) built from their registry entries (`i2a.spec.backbones`).
 
 Pretrained weights are read from local files only (GPU nodes are often offline): the workflow's `fetch_weights`
 rule downloads them beforehand, checksum verified. Every file is read without running anything from it:
@@ -14,9 +14,10 @@ import torch
 import torchvision
 from torch import nn
 
-from i2a.checksum import verify_file
-from i2a.download import download
-from i2a.features.registry import (DEFAULT_CACHE_DIR, FrameTransform, backbone, resolve_weights, weights_by_filename,
+from i2a.infra.checkpoint import CheckpointError, load_checkpoint
+from i2a.infra.checksum import verify_file
+from i2a.infra.download import download
+from i2a.spec.backbones import (DEFAULT_CACHE_DIR, FrameTransform, backbone, resolve_weights, weights_by_filename,
                                    weights_file)
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - the file name and what to do instead
-        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}: {str(err)[:200]}): give "
-                         "a state dict saved with torch.save or a safetensors file") from None
+    obj = load_checkpoint(path, "backbone weights", "give a state dict saved with torch.save or a safetensors file")
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return dict(obj)
 
 

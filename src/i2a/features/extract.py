@@ -29,28 +29,12 @@ from tqdm import tqdm
 
 from i2a.data import media
 from i2a.features.backbones import FrameEncoder
-from i2a.parallel import prefetched
+from i2a.infra.parallel import prefetched
 from i2a.data.store import NpyRowWriter
-from i2a.precision import autocast_dtype
+from i2a.infra.precision import autocast_dtype
+from i2a.spec.frames import pad_and_crop_indices
 
 log = logging.getLogger(__name__)
-
-
-def pad_and_crop_indices(n_frames: int, total: int = 215, crop: int = 212) -> np.ndarray:
-    """Which source frame each output row takes: tile (or trim) to `total`, then centre crop to `crop`."""
-    if n_frames < 1:
-        raise ValueError("a clip needs at least one frame")
-    if not 1 <= crop <= total:
-        raise ValueError(f"crop ({crop}) must be in 1..total ({total})")
-    reps = 1 + total // n_frames
-    idx = np.tile(np.arange(n_frames), reps)[:total]
-    start = (total - crop) // 2  # 215 -> 212 keeps frames 1..212
-    return idx[start:start + crop]
-
-
-def pad_and_crop(feats: np.ndarray, total: int = 215, crop: int = 212) -> np.ndarray:
-    """SpecVQGAN's feature padding: `tile(feats, 1 + total // T)[:total]`, then the centre `crop` frames."""
-    return feats[pad_and_crop_indices(len(feats), total, crop)]
 
 
 _FUSED: "weakref.WeakKeyDictionary[nn.Module, nn.Module | None]" = weakref.WeakKeyDictionary()
@@ -169,7 +153,7 @@ def _clip_crops(path: str | Path, transform, total: int, crop: int,
 
 
 def _prefetched(fn: Callable, items: Sequence, workers: int, ahead: int) -> Iterator:
-    """i2a.parallel.prefetched with each worker's torch ops single-threaded (the setting is per thread under
+    """i2a.infra.parallel.prefetched with each worker's torch ops single-threaded (the setting is per thread under
     OpenMP), so that decoding and resizing do not fight inference for cores."""
     # torch keeps one process-wide default that threads adopt on first use: pin this thread's count first,
     # and restore the default afterwards
@@ -249,7 +233,7 @@ def extract_shard(name: str, settings: dict, frames: dict, dtype: str, shard_dir
     `videos_dir`: the shard's videos are in this videos shard folder (the authors' clips, whose data shard holds
     mels only), found by clip name; a clip it has no video of gets a row of NaN and the reason."""
     from i2a.data.clips import Shard, write_tsv
-    from i2a.device import pick_device
+    from i2a.infra.device import pick_device
     from i2a.features.backbones import build_backbone
 
     encoder = build_backbone(name, weights=settings["weights"], cache_dir="resources/weights",

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from i2a.atomic import atomic_path, write_text
+from i2a.infra.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 

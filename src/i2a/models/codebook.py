@@ -6,7 +6,6 @@ Its training is `i2a.training.codebook`.
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from i2a.data.mel import center_crop, from_model_range, to_model_range
-from i2a.models.released import how_to_fetch
+from i2a.infra.checkpoint import load_checkpoint
+from i2a.spec.released import how_to_fetch
 
 log = logging.getLogger(__name__)
 
@@ -348,20 +348,8 @@ def grid_from_tokens(tokens, H: int = 5, W: int | None = None):
 def load_codebook(path: str | Path, cfg: VQGANConfig | None = None, map_location: str | torch.device = "cpu") -> VQModel:
     """A VQModel from the released SpecVQGAN Lightning checkpoint, a checkpoint `train_codebook` wrote, or a plain
     state dict. The config comes from `cfg`, else from the file (our checkpoints), else the VAS defaults."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"codebook checkpoint {path} not found. Train one with the workflow's train_codebook rule, or fetch the "
-            f"released VAS codebook: {how_to_fetch('vas_codebook')}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} holds Python objects that torch.load(weights_only=True) refuses to unpickle ({err}). If you "
-            f"trust the file, save its weights alone once: torch.save(torch.load(p, weights_only=False)['state_dict'], "
-            f"'codebook_state_dict.pt') and load that.") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict or a state dict, got {type(ckpt).__name__}")
+    ckpt = load_checkpoint(path, "codebook checkpoint", "train one with the workflow's train_codebook rule, or "
+                           f"fetch the released VAS codebook: {how_to_fetch('vas_codebook')}", map_location=map_location)
     state = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt
     if cfg is None:
         cfg = VQGANConfig.from_dict(ckpt["config"]) if isinstance(ckpt.get("config"), dict) else VQGANConfig()
@@ -457,7 +445,7 @@ def decode_tokens(model: VQModel, tokens, batch_size: int = 32, clip: bool = Fal
 def codebook_fingerprint(path: str | Path, cfg: VQGANConfig | None = None) -> dict[str, Any]:
     """What identifies the codebook a transformer was trained on: its file's content digest and token grid.
     `cfg`: the file's config when the caller has loaded it already (saves loading it again)."""
-    from i2a.checksum import content_digest
+    from i2a.infra.checksum import content_digest
 
     cfg = cfg or load_codebook(path).cfg
     return {"digest": content_digest(path), "n_embed": cfg.n_embed, "columns": cfg.latent_width}
@@ -484,7 +472,7 @@ def encode_shard(codebook_ckpt: str | Path, shard_dir: str | Path, crop_frames: 
     """Token grids of one preprocessed shard's mels, in the transformer's column-major order, saved as .npy."""
     from i2a.data.clips import Shard
     from i2a.data.store import save_npy
-    from i2a.device import pick_device
+    from i2a.infra.device import pick_device
 
     codebook = load_codebook(codebook_ckpt, map_location=pick_device(device))
     tokens = encode_mels(codebook.to(pick_device(device)), center_crop(Shard(shard_dir).mels(), crop_frames))

@@ -15,36 +15,15 @@ and `z` the codebook tokens in column-major order; position `S - 1 + t` predicts
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import NamedTuple, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from i2a.runspec import GPTConfig
+from i2a.spec.runspec import GPTConfig
 
 log = logging.getLogger(__name__)
-
-
-def sample_frame_indices(crop_len: int, n_frames: int) -> np.ndarray:
-    """Pick `n_frames` of `crop_len` feature frames the way SpecVQGAN's `ResampleFrames` does.
-
-    Evenly spaced, then shifted by `crop_len // (S + 1)` so that S=1 takes the middle frame:
-    (212, 1) -> [106]; (212, 5) -> [35, 77, 119, 162, 204]; (212, 212) -> all.
-    """
-    if not 1 <= n_frames <= crop_len:
-        raise ValueError(f"feat_sample_size must be in [1, {crop_len}] (the feature crop length), got {n_frames}")
-    idx = np.linspace(0, crop_len, n_frames, endpoint=False, dtype=np.int32)
-    return (idx + crop_len // (n_frames + 1)).astype(np.int64)
-
-
-def random_features(n: int, feat_dim: int, n_frames: int, seed: int) -> torch.Tensor:
-    """The "no feats" condition: U[0, 1) noise of the features' shape, as SpecVQGAN's
-    `replace_feats_with_random` draws it (`np.random.rand`); here seeded so a run can be repeated."""
-    rng = np.random.default_rng(seed)
-    return torch.from_numpy(rng.random((n, feat_dim, n_frames), dtype=np.float32))
 
 
 class CausalSelfAttention(nn.Module):
@@ -291,9 +270,8 @@ class TokenSampler:
     dtype. Every row draws with its own uniforms `u` (rows, n_tokens), so its tokens do not depend on its batch.
     """
 
-    def __init__(self, model: GPT, S: int, u: torch.Tensor, video_of_row: torch.Tensor | None = None,
-                 top_k: int | None = 64, temperature: float = 1.0, dtype: torch.dtype = torch.float32,
-                 bucket: int | None = None):
+    def __init__(self, model: GPT, S: int, u: torch.Tensor, video_of_row: torch.Tensor | None = None, *,
+                 top_k: int | None, temperature: float, dtype: torch.dtype = torch.float32, bucket: int | None = None):
         cfg, device = model.config, model.pos_emb.device
         B, n_tokens = u.shape
         self.S, self.top_k, self.temperature, self.dtype = S, top_k, temperature, dtype
@@ -453,8 +431,8 @@ def rows_by_video(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | None = 64,
-                  temperature: float = 1.0, seeds: Sequence[int] | None = None, cache: bool = True,
+def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, *, top_k: int | None, temperature: float,
+                  seeds: Sequence[int] | None = None, cache: bool = True,
                   dtype: torch.dtype = torch.float32, cuda_graph: bool = True, bucket: int | None = None,
                   video_of_row: Sequence[int] | torch.Tensor | None = None, share_prefix: bool = True
                   ) -> torch.Tensor:
@@ -463,8 +441,8 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | N
     `feats` (B, D, S): one row of features per sequence, or with `video_of_row` (B,) one per video (V, D, S) and
     the video each sequence is conditioned on. Rows with the same features share one computed prefix (found
     here when `video_of_row` is not given; `share_prefix=False`: every row computes and keeps its own, as the
-    sampler before the shared prefix did). `feats` as extracted: a transformer trained on standardised features
-    (its checkpoint carries the training split's statistics) gets them standardised here, as in training.
+    sampler before the shared prefix did). `feats` as the transformer reads them: `LoadedTransformer.sample`
+    standardises them first for a run trained on standardised features.
     Row b draws from its own `torch.Generator` seeded with `seeds[b]`, so its tokens do not depend on which batch
     it was sampled in. `cache=False` re-runs the whole sequence each step, exactly like SpecVQGAN; `cache=True`
     (a `TokenSampler`) gives the same tokens in fp32 much faster. `dtype=torch.bfloat16` samples in bf16 (tokens
@@ -492,7 +470,7 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | N
         raise ValueError(f"S={S} features + {n_tokens} tokens need block_size >= {S + n_tokens - 1}, "
                          f"the model has {model.block_size}")
     device = model.pos_emb.device
-    feats = standardize_features(model, feats.to(device=device, dtype=model.pos_emb.dtype))
+    feats = feats.to(device=device, dtype=model.pos_emb.dtype)
     # Uniforms drawn on the CPU: the same seed gives the same draws on any device.
     u = torch.stack([torch.rand(n_tokens, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     u = u.to(device)
@@ -513,7 +491,7 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, top_k: int | N
         if need > free:
             raise ValueError(f"the key/value caches of {B} rows need {need / 2**30:.1f} GiB, {free / 2**30:.1f} "
                              "GiB are free: sample fewer rows at a time")
-    sampler = TokenSampler(model, S, u, video_of_row, top_k, temperature, dtype=dtype, bucket=bucket)
+    sampler = TokenSampler(model, S, u, video_of_row, top_k=top_k, temperature=temperature, dtype=dtype, bucket=bucket)
     return sampler.run(feats, cuda_graph=cuda_graph)
 
 
@@ -530,121 +508,3 @@ def _sample_full_recompute(model: GPT, feats: torch.Tensor, n_tokens: int, top_k
     finally:
         model.train(was_training)
     return out
-
-
-# ------------------------------------------------------------------------------------------------ loading
-
-CKPT_FORMAT = "i2a-gpt-v1"  # what i2a.training.gpt writes: weights + the run's RunSpec + its codebook
-
-
-def _shape_config(sd: dict[str, torch.Tensor], heads: int) -> GPTConfig:
-    """The transformer's sizes from its weight shapes; the head count is not in them."""
-    vocab, embed = sd["tok_emb.weight"].shape
-    return GPTConfig(vocab_size=vocab, block_size=sd["pos_emb"].shape[1],
-                     layers=1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks.")), heads=heads,
-                     embed=embed, feat_dim=sd["embedder.weight"].shape[1])
-
-
-def _check_shapes(path: Path, sd: dict[str, torch.Tensor], cfg: GPTConfig) -> None:
-    found = _shape_config(sd, cfg.heads)
-    differences = [f"{f}: the checkpoint has {getattr(found, f)}, the run says {getattr(cfg, f)}"
-                   for f in ("vocab_size", "block_size", "layers", "embed", "feat_dim")
-                   if getattr(found, f) != getattr(cfg, f)]
-    if differences:
-        raise ValueError(f"{path} does not fit the run's transformer: " + "; ".join(differences))
-
-
-def load_transformer(path: str | Path, cfg: GPTConfig | None = None, map_location: str | torch.device = "cpu") -> GPT:
-    """A GPT in eval mode (fp32) from a checkpoint written by `i2a.training.gpt` (which describes itself: its
-    RunSpec and codebook land in `model.run_spec` and `model.codebook`), from a SpecVQGAN Lightning checkpoint
-    (`transformer.*` keys; `first_stage_model.*` etc. ignored) or from a bare GPT state dict.
-
-    `cfg` is what the caller expects: a self-describing checkpoint must agree with it; a SpecVQGAN one takes its
-    head count from it (the weights do not say) after its shapes were checked against it (16 heads, SpecVQGAN's,
-    are assumed without a cfg, with a warning).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"transformer checkpoint {path} not found: train one (the workflow's train_gpt rule) or fetch a released "
-            "SpecVQGAN VAS transformer (a run with source: released; the fetch_checkpoint rule)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name and a way out
-        raise RuntimeError(
-            f"could not load {path} with torch.load(weights_only=True): {e}. If it is an old Lightning "
-            "checkpoint that pickles Python objects, re-save just its 'state_dict' with torch.save") from e
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    sd = ckpt.get("state_dict", ckpt)
-    if any(k.startswith("transformer.") for k in sd):
-        sd = {k[len("transformer."):]: v for k, v in sd.items() if k.startswith("transformer.")}
-    if "tok_emb.weight" not in sd:
-        raise ValueError(f"{path} holds no GPT weights (no 'transformer.tok_emb.weight' or 'tok_emb.weight')")
-    run_spec = None
-    if ckpt.get("format") == CKPT_FORMAT:
-        from i2a.runspec import RunSpec
-
-        run_spec = RunSpec.from_dict(ckpt["run_spec"])
-        if cfg is not None and cfg != run_spec.model:
-            raise ValueError(f"{path} was trained as {run_spec.model}, not {cfg}")
-        cfg = run_spec.model
-    elif cfg is None:
-        cfg = _shape_config(sd, heads=GPTConfig().heads)
-        log.warning("%s does not describe itself: inferred %s (SpecVQGAN's %d heads assumed)", path, cfg, cfg.heads)
-    _check_shapes(path, sd, cfg)
-    model = GPT(cfg)
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    model.run_spec, model.codebook = run_spec, ckpt.get("codebook")
-    stats = ckpt.get("feature_stats")  # features standardised in training are standardised the same way here
-    model.feature_stats = None if stats is None else {k: v.float().to(map_location) for k, v in stats.items()}
-    return model.to(map_location).eval()
-
-
-def standardize(feats: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(B, D, S) features standardised per dimension with (D,) statistics: in training and in sampling alike."""
-    return (feats - mean[:, None]) / std[:, None]
-
-
-def standardize_features(model: GPT, feats: torch.Tensor) -> torch.Tensor:
-    """(B, D, S) features as the transformer saw them in training: standardised with its training split's
-    statistics when the run used `feature_norm: standard` (they travel in the checkpoint), else as they are."""
-    stats = getattr(model, "feature_stats", None)
-    if stats is None:
-        return feats
-    return standardize(feats, stats["mean"].to(feats.device), stats["std"].to(feats.device))
-
-
-def released_config(name: str, vocab_size: int, n_tokens: int) -> GPTConfig:
-    """A released SpecVQGAN transformer's shape. Layers, heads, width and S are what the fetched checkpoint's own
-    config says (else the registry of released files: the weights do not tell the head count), the feature depth
-    is its backbone's, and the vocabulary and token count are the codebook's it is used with, never a config's
-    `codebook.model`."""
-    from i2a.features.registry import feature_dim
-    from i2a.models.released import released
-
-    entry = released(name)
-    if entry.kind != "transformer":
-        raise ValueError(f"{name!r} is a released {entry.kind}, not a transformer")
-    shape = entry.shape()
-    return GPTConfig(vocab_size=vocab_size, block_size=n_tokens + shape["feat_sample_size"], layers=shape["layers"],
-                     heads=shape["heads"], embed=shape["embed"], feat_dim=feature_dim(shape["features"]), dropout=0.0)
-
-
-def load_released_transformer(name: str, vocab_size: int, n_tokens: int, path: str | Path | None = None,
-                              map_location: str | torch.device = "cpu") -> GPT:
-    """One of the authors' VAS transformers (`i2a.models.released`) as a GPT that describes itself like a trained
-    one: `model.run_spec` says its backbone, S and shape (from the registry, checked against the weights)."""
-    from i2a.models.released import how_to_fetch, released
-    from i2a.runspec import RunSpec
-
-    entry = released(name)
-    path = Path(path or entry.local_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"released transformer {name} not found at {path}: fetch it with {how_to_fetch(name)}")
-    cfg = released_config(name, vocab_size, n_tokens)
-    shape = entry.shape()
-    model = load_transformer(path, cfg, map_location=map_location)
-    model.run_spec = RunSpec(name=name, features=shape["features"], feat_sample_size=shape["feat_sample_size"],
-                             source="released", released=name, model=cfg)
-    return model

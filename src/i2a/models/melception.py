@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from i2a.models.released import how_to_fetch
+from i2a.infra.checkpoint import load_checkpoint
+from i2a.spec.released import how_to_fetch
 
 log = logging.getLogger(__name__)
 
@@ -314,14 +315,10 @@ def load_melception(path: str | Path, stats_path: str | Path | None = None,
     - a checkpoint written by `train_melception`: config, stats and class names come from the file.
     `model.class_names` holds the class names when known (None for the released model).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Melception checkpoint {path} not found. Fetch the released VGGSound Melception "
-            f"({how_to_fetch('melception')}), or train one on the dataset's classes (melception.source: train).")
-    with torch.serialization.safe_globals(_numpy_scalar_globals()):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    ckpt = load_checkpoint(path, "Melception checkpoint", "fetch the released VGGSound Melception "
+                           f"({how_to_fetch('melception')}), or train one on the dataset's classes (melception.source: "
+                           "train)", safe_globals=_numpy_scalar_globals())
+    if "model" not in ckpt:
         raise ValueError(f"{path}: not a Melception checkpoint (expected a dict with a 'model' state dict)")
     state = {k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     if ckpt.get("format") == CKPT_FORMAT:

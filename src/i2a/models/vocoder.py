@@ -22,9 +22,10 @@ import soundfile as sf
 import torch
 import torch.nn as nn
 
-from i2a.atomic import atomic_path
+from i2a.infra.atomic import atomic_path
 from i2a.data.mel import MelSpec
-from i2a.models.released import how_to_fetch
+from i2a.infra.checkpoint import load_checkpoint
+from i2a.spec.released import how_to_fetch
 
 log = logging.getLogger(__name__)
 
@@ -142,20 +143,15 @@ def _config_from_state_dict(sd: dict[str, torch.Tensor]) -> MelGANConfig:
 
 def load_melgan(path: str | os.PathLike, device: str | torch.device = "cpu") -> Generator:
     """Generator in eval mode from the released `netG.pt` (a bare state dict) or one of our `melgan.ckpt`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MelGAN checkpoint {path} not found: {RELEASED_HINT}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and obj.get("format") == CKPT_FORMAT:
+    obj = load_checkpoint(path, "MelGAN checkpoint", RELEASED_HINT)
+    if obj.get("format") == CKPT_FORMAT:
         c = obj["config"]
         cfg = MelGANConfig(n_mels=c["n_mels"], ngf=c["ngf"], n_residual_layers=c["n_residual_layers"],
                            ratios=tuple(c["ratios"]))
         sd = obj["state_dict"]
-    elif isinstance(obj, dict):
+    else:
         sd = obj
         cfg = _config_from_state_dict(sd)
-    else:
-        raise ValueError(f"{path}: expected a state dict or an i2a MelGAN checkpoint, got {type(obj).__name__}")
     gen = Generator(cfg)
     gen.load_state_dict({k: v.float() for k, v in sd.items()})
     return gen.to(device).eval()

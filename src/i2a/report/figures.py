@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from i2a.atomic import atomic_path
+from i2a.infra.atomic import atomic_path
 
 LINE_STYLES = ["-", "--", ":", "-."]
 SVG_STYLE = {"svg.hashsalt": "i2a-report", "svg.fonttype": "path"}  # same figure, same bytes: reruns are exact

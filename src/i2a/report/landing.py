@@ -287,7 +287,7 @@ def method_html(table: pd.DataFrame, comparisons: pd.DataFrame, dataset: str, n_
 def write_landing(table_csv: str | Path, comparisons_csv: str | Path, evaluator_json: str | Path, probe_files,
                   codebook_summary: str | Path | None, dataset: str, n_boot: int, out: str | Path,
                   method_out: str | Path) -> None:
-    from i2a.atomic import write_text
+    from i2a.infra.atomic import write_text
 
     table, comparisons = pd.read_csv(table_csv), pd.read_csv(comparisons_csv)
     probes = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in probe_files}

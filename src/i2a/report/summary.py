@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from i2a.spec.config import load_config
 from i2a.report.landing import RUNS_HEADER, answer_lines, runs_rows
 
 # the columns a terminal shows (the verdicts are in the answer above them)
@@ -21,8 +22,6 @@ TERMINAL_COLUMNS = ["run", "MKL [95%]", "dKL vs baseline", "dKL vs best", "FID [
 
 def results_folder(configfile: str | Path) -> Path:
     """The results folder of a config as the workflow reads it (merged over the config.yaml beside it)."""
-    from i2a.generate import load_config
-
     return Path(load_config(configfile)["results"])
 
 

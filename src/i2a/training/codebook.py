@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from i2a.atomic import write_text
+from i2a.infra.atomic import write_text
 from i2a.models.codebook import VQGANConfig, VQModel, check_mels, model_input
 from i2a.training.loop import BEST, EpochSampler, TrainingState, fingerprint, fit, metrics_writer, save_best
 

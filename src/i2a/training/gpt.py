@@ -24,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from i2a.atomic import copy_file, write_text
-from i2a.models.gpt import CKPT_FORMAT, GPT, sample_frame_indices
-from i2a.precision import set_precision
-from i2a.runspec import RunSpec
+from i2a.infra.atomic import copy_file, write_text
+from i2a.models.condition import check_feature_stats, standardize
+from i2a.models.gpt import GPT
+from i2a.models.transformer import CKPT_FORMAT
+from i2a.spec.frames import sample_frame_indices
+from i2a.infra.precision import set_precision
+from i2a.spec.runspec import RunSpec
 from i2a.training.curves import curve_summary
 from i2a.training.loop import (EpochSampler, TrainingState, fingerprint, fit, metrics_writer, quiet_lightning,
                                save_best)
@@ -36,7 +39,7 @@ from i2a.training.segments import SegmentDone, deadline_callback
 log = logging.getLogger(__name__)
 
 # the modules whose source the training state is bound to, besides the loop's (i2a.training.loop.fingerprint)
-TRAINING_CODE = ("i2a.models.gpt", "i2a.runspec", __name__)
+TRAINING_CODE = ("i2a.models.gpt", "i2a.spec.runspec", __name__)
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr")
 # how training batches are read: throughput only (config `loader:`), never a result
@@ -96,8 +99,6 @@ def model_inputs(batch: tuple[torch.Tensor, torch.Tensor], mean: torch.Tensor | 
                  std: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A stored batch -> the GPT's inputs: tokens int64 (B, T) and features fp32 (B, D, S), standardised per
     dimension when `mean`/`std` (D,) are given. Runs wherever the batch is (the GPU in training)."""
-    from i2a.models.gpt import standardize
-
     tokens, feats = batch
     feats = feats.float().transpose(1, 2)
     if mean is not None:
@@ -145,15 +146,13 @@ class GPTModule(pl.LightningModule):
     """Net2NetTransformer's training step on precomputed tokens; weights stay under `transformer.*`."""
 
     def __init__(self, spec: RunSpec, train_ds: Dataset, valid_ds: Dataset, state: TrainingState,
-                 codebook: dict[str, Any] | None = None, feature_stats: dict[str, np.ndarray] | None = None,
+                 codebook_fingerprint: dict[str, Any] | None = None, feature_stats: dict[str, np.ndarray] | None = None,
                  loader: dict[str, Any] | None = None):
         super().__init__()
         self.spec, self.train_ds, self.valid_ds, self.state = spec, train_ds, valid_ds, state
-        self.codebook, self.loader = codebook, {**LOADER_DEFAULTS, **(loader or {})}
+        self.codebook_fingerprint, self.loader = codebook_fingerprint, {**LOADER_DEFAULTS, **(loader or {})}
         self.transformer = GPT(spec.model)
-        if (feature_stats is not None) != (spec.feature_norm == "standard"):
-            raise ValueError(f"run {spec.name}: feature_norm {spec.feature_norm!r} needs feature statistics exactly "
-                             "when it is 'standard'")
+        check_feature_stats(spec.feature_norm, feature_stats, f"run {spec.name}")
         for name in ("mean", "std"):  # on the module, so they move to the device with it
             value = None if feature_stats is None else torch.as_tensor(feature_stats[name], dtype=torch.float32)
             self.register_buffer(f"feature_{name}", value, persistent=False)
@@ -228,7 +227,7 @@ class GPTModule(pl.LightningModule):
 
     def artifact(self, **extra: Any) -> dict[str, Any]:
         """The trained model as a self-describing file: weights, the RunSpec that built it, its codebook."""
-        return {"format": CKPT_FORMAT, "run_spec": self.spec.to_dict(), "codebook": self.codebook,
+        return {"format": CKPT_FORMAT, "run_spec": self.spec.to_dict(), "codebook": self.codebook_fingerprint,
                 "feature_stats": self._stats_for_checkpoint(),
                 "state_dict": {k: v.detach().cpu() for k, v in self.transformer.state_dict().items()}, **extra}
 
@@ -266,7 +265,7 @@ class GPTModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # last.ckpt describes itself too (load_transformer reads it like best.ckpt)
-        checkpoint.update(format=CKPT_FORMAT, run_spec=self.spec.to_dict(), codebook=self.codebook,
+        checkpoint.update(format=CKPT_FORMAT, run_spec=self.spec.to_dict(), codebook=self.codebook_fingerprint,
                           feature_stats=self._stats_for_checkpoint(), metrics_history=list(self.history),
                           best_val_loss=self.best_val_loss)
 
@@ -276,7 +275,7 @@ class GPTModule(pl.LightningModule):
 
 
 def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_dir: str | Path, *,
-              inputs: Sequence[str | Path] = (), codebook: dict[str, Any] | None = None,
+              inputs: Sequence[str | Path] = (), codebook_fingerprint: dict[str, Any] | None = None,
               feature_stats: dict[str, np.ndarray] | None = None, accelerator: str = "auto",
               loader: dict[str, Any] | None = None, log_every: int = 50, callbacks: Sequence[Any] = (),
               deadline: float | None = None, logger: str = "none", curves_dir: str | Path | None = None
@@ -301,7 +300,7 @@ def train_gpt(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, state_d
     train = spec.train
     set_precision(train.precision)  # TF32 or not; Lightning's precision below only sets the autocast
     pl.seed_everything(train.seed, workers=True, verbose=False)  # model init
-    module = GPTModule(spec, train_ds, valid_ds, state, codebook, feature_stats, loader)
+    module = GPTModule(spec, train_ds, valid_ds, state, codebook_fingerprint, feature_stats, loader)
     n_params = sum(p.numel() for p in module.transformer.parameters())
     log.info("GPT %d layers x %d heads x %d-d (%.1fM params), S=%d, block %d, LR %.3g = %.3g x %d x %d x %d",
              spec.model.layers, spec.model.heads, spec.model.embed, n_params / 1e6, spec.feat_sample_size,
@@ -365,7 +364,8 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
     inputs = [*tokens["train"], *tokens["valid"], *features["train"], *features["valid"], codebook_ckpt]
     if feature_stats is not None:
         inputs.append(feature_stats)
-    summary = train_gpt(spec, train_ds, valid_ds, state_dir, inputs=inputs, codebook=codebook_fingerprint(codebook_ckpt),
+    summary = train_gpt(spec, train_ds, valid_ds, state_dir, inputs=inputs,
+                        codebook_fingerprint=codebook_fingerprint(codebook_ckpt),
                         feature_stats=load_feature_stats(feature_stats), loader=loader, deadline=deadline,
                         logger=logger, curves_dir=curves_dir)
     state = Path(state_dir)
@@ -380,7 +380,7 @@ def train_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[st
 
 # ------------------------------------------------------------------------------------------------ LR finder
 def find_learning_rate(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset, *, min_lr: float = 1e-8,
-                       max_lr: float = 1e-2, steps: int = 100, codebook: dict[str, Any] | None = None,
+                       max_lr: float = 1e-2, steps: int = 100, codebook_fingerprint: dict[str, Any] | None = None,
                        feature_stats: dict[str, np.ndarray] | None = None, accelerator: str = "auto",
                        loader: dict[str, Any] | None = None) -> dict[str, Any]:
     """Lightning's learning-rate range test (`Tuner.lr_find`) on the run's model and training data: `steps`
@@ -401,7 +401,7 @@ def find_learning_rate(spec: RunSpec, train_ds: GPTDataset, valid_ds: GPTDataset
     probe = spec if train.base_lr != "auto" else spec.with_base_lr(min_lr)  # the finder sets the LR itself
     pl.seed_everything(train.seed, workers=True, verbose=False)  # the same initial weights as the run
     with tempfile.TemporaryDirectory(prefix="lr_find.") as tmp:
-        module = GPTModule(probe, train_ds, valid_ds, TrainingState(tmp, {}), codebook, feature_stats, loader)
+        module = GPTModule(probe, train_ds, valid_ds, TrainingState(tmp, {}), codebook_fingerprint, feature_stats, loader)
         with quiet_lightning():
             trainer = pl.Trainer(accelerator=accelerator, devices=1, precision=train.lightning_precision,
                                  max_epochs=-1, accumulate_grad_batches=train.accumulate, use_distributed_sampler=False,
@@ -456,6 +456,7 @@ def lr_find_run(spec: RunSpec, tokens: dict[str, Sequence[str]], features: dict[
     result = find_learning_rate(spec, gpt_dataset(spec, tokens["train"], features["train"]),
                                 gpt_dataset(spec, tokens["valid"], features["valid"]), min_lr=settings["min_lr"],
                                 max_lr=settings["max_lr"], steps=settings["steps"],
-                                codebook=codebook_fingerprint(codebook_ckpt), feature_stats=stats, loader=loader)
+                                codebook_fingerprint=codebook_fingerprint(codebook_ckpt), feature_stats=stats,
+                                loader=loader)
     write_text(out, json.dumps(result, indent=2, allow_nan=True))
     return result

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from i2a.atomic import atomic_path, copy_file, save_torch, write_text
-from i2a.checksum import content_digest
+from i2a.infra.atomic import atomic_path, copy_file, save_torch, write_text
+from i2a.infra.checksum import content_digest
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ DONE = "done.json"
 
 # ------------------------------------------------------------------------------------------------ fingerprints
 # the modules every training runs through (this loop, the arithmetic); each trainer names its own besides
-LOOP_CODE = (__name__, "i2a.precision")
+LOOP_CODE = (__name__, "i2a.infra.precision")
 
 
 def code_digests(modules: Iterable[str]) -> dict[str, str]:

@@ -308,7 +308,7 @@ def train_from_shards(train_shards: Sequence[str | Path], train: dict[str, Any],
                       out_dir: str | Path, device=None) -> Path:
     """The workflow's train_melgan job: a MelGAN of the config's `vocoder.train` settings on the training wavs."""
     from i2a.data.clips import Shard, mel_spec_from_config, read_wav
-    from i2a.device import pick_device
+    from i2a.infra.device import pick_device
 
     mel = mel_spec_from_config(audio)
     paths = [p for d in train_shards for p in Shard(d).wav_paths()]

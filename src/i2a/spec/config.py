@@ -2,13 +2,14 @@
 
 The JSON schema (workflow/schemas/config.schema.yaml) does the type, range and enum checks and fills in the
 defaults; the allowed backbones and released models are not written in it but taken from the registries
-(`i2a.features.registry`, `i2a.models.released`), so a new backbone is one registry entry. Every error is one
+(`i2a.spec.backbones`, `i2a.spec.released`), so a new backbone is one registry entry. Every error is one
 line naming the key, the bad value and what is allowed; `check_config_semantics` adds the checks a schema cannot
 express. Torch-free: this runs on every `snakemake` invocation, the dry runs included.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 
 import yaml
 
-from i2a.features.registry import BACKBONES, FEATURE_CHOICES, resolve_weights, weights_file
-from i2a.models.released import RELEASED, TRANSFORMERS, VOCODERS, released
-from i2a.runspec import RESERVED_RUN_NAMES, codebook_downsampling, codebook_size
+from i2a import SOURCE_CHECKOUT
+from i2a.spec.backbones import BACKBONES, FEATURE_CHOICES, resolve_weights, weights_file
+from i2a.spec.frames import check_sample_size
+from i2a.spec.released import RELEASED, TRANSFORMERS, VOCODERS, released
+from i2a.spec.runspec import RESERVED_RUN_NAMES, SamplingSettings, codebook_downsampling, codebook_size
 
 
 class ConfigError(ValueError):
@@ -71,6 +74,9 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     schema["properties"]["checkpoints"]["propertyNames"] = {"enum": list(RELEASED)}
     schema["properties"]["sampling"]["properties"]["temperature"]["minimum"] = MIN_TEMPERATURE
     defs["seed"]["maximum"] = SEED_LIMIT - 1
+    sampling = schema["properties"]["sampling"]["properties"]
+    for setting in dataclasses.fields(SamplingSettings):  # one default per setting: the dataclass's
+        sampling[setting.name]["default"] = setting.default
     return schema
 
 
@@ -172,7 +178,7 @@ def check_config_semantics(config: dict[str, Any]) -> None:
         except ValueError as error:
             raise ConfigError(f"config key codebook.member: {error}") from None
     if config["codebook"]["source"] == "released" and not config["codebook"]["path"]:
-        from i2a.models.released import VAS_CODES
+        from i2a.spec.released import VAS_CODES
 
         if config["codebook"]["model"]["n_embed"] != VAS_CODES:  # the runs' vocabulary is read from this key
             raise ConfigError(f"config key codebook.model.n_embed: {config['codebook']['model']['n_embed']}, but the "
@@ -221,9 +227,10 @@ def check_config_semantics(config: dict[str, Any]) -> None:
         where = f"runs[{i}] ({run['name']})"
         if run["embed"] % run["heads"]:
             raise ConfigError(f"config key {where}.embed: {run['embed']} is not divisible by heads={run['heads']}")
-        if run["feat_sample_size"] > video["feat_crop"]:
-            raise ConfigError(
-                f"config key {where}.feat_sample_size: {run['feat_sample_size']} > video.feat_crop {video['feat_crop']}")
+        try:
+            check_sample_size(run["feat_sample_size"], video["feat_crop"])
+        except ValueError as err:
+            raise ConfigError(f"config key {where}.feat_sample_size: {err}") from None
         if run["features"] == "none" and run["feature_norm"] != "raw":
             raise ConfigError(f"config key {where}.feature_norm: the no-feats baseline's random features have no "
                               "statistics to standardise with; use raw")
@@ -349,3 +356,33 @@ def check_released_run(config: dict[str, Any], run: dict[str, Any], where: str) 
     if config["codebook"]["source"] != "released" and not config["codebook"]["path"]:
         raise ConfigError(f"config key codebook.source: a released transformer ({where}) needs the released VAS "
                           "codebook (codebook.source: released)")
+
+
+SCHEMA = Path("workflow/schemas/config.schema.yaml")
+
+
+def read_merged(path: str | Path) -> dict[str, Any]:
+    """A config file merged over the config.yaml beside it, as `snakemake --configfile` merges it over
+    config/config.yaml, as read (no validation, no defaults)."""
+    path = Path(path)
+    config = yaml.safe_load(path.read_text()) or {}
+    base = path.resolve().with_name("config.yaml")
+    if base != path.resolve() and base.is_file():
+        config = merge_config(yaml.safe_load(base.read_text()) or {}, config)
+    return config
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The config the workflow runs with: `path` merged over the config.yaml beside it, validated, defaults in.
+    The schema is the workflow's in the current folder, else the one beside this package's source."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: give the one the models were made with, e.g. "
+                          "--config config/demo.yaml")
+    schema = next((p for p in (SCHEMA, SOURCE_CHECKOUT / SCHEMA) if p.is_file()), None)
+    if schema is None:
+        raise ConfigError(f"{SCHEMA} not found: run this in the workflow's folder (where config/ and workflow/ are)")
+    try:
+        return validate_config(read_merged(path), schema)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

@@ -70,5 +70,5 @@ def use_precision(name: str, logger=None) -> str:
 
     set_precision(name)
     line = describe(name)
-    (logger or logging.getLogger("i2a.precision")).info("%s", line)
+    (logger or logging.getLogger("i2a.infra.precision")).info("%s", line)
     return line

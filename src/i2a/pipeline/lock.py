@@ -52,7 +52,7 @@ READ_ONLY = {
 }
 
 
-# set by in-process planners (i2a.plan) that build a dry-run DAG through the Snakemake API, not its command line
+# set by in-process planners (i2a.pipeline.plan) that build a dry-run DAG through the Snakemake API, not its command line
 PLANNING_ONLY = False
 
 

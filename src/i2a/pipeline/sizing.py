@@ -20,9 +20,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from i2a import SOURCE_CHECKOUT as REPO
 from i2a.data.splits import VAS_VALID_PER_CLASS
 
-REPO = Path(__file__).resolve().parents[2]
 CALIBRATION_DIR = REPO / "profiles" / "slurm" / "calibration"
 VAS_CLIPS = 12_541  # SpecVQGAN's VAS lists (i2a.data.splits)
 # validation costs a forward pass only: about a third of a training step's arithmetic per sample
@@ -194,7 +194,7 @@ def encoder_rate(cal: Mapping[str, Any], backbone: str, precision: str) -> tuple
 
 def spec_samples(config: Mapping[str, Any], folder: str) -> int:
     """Samples per video of a sampled folder runs/<run>/<kind> (the run's own, e.g. 100 for a released row)."""
-    from i2a.runspec import RunSpec
+    from i2a.spec.runspec import RunSpec
 
     run = folder.split("/")[1] if folder.startswith("runs/") else None
     entry = next((r for r in config["runs"] if r["name"] == run), None)

@@ -35,7 +35,7 @@ def use_threads(threads: int) -> int:
 def start_job(smk, name: str | None = None, precision: str = "fp32") -> logging.Logger:
     """Send stdout/stderr and logging to the rule's `log:` file (progress bars included), run on exactly the
     rule's threads (use_threads), set the
-    job's arithmetic (`precision`, i2a.precision's vocabulary: the config's where it has a setting for the job,
+    job's arithmetic (`precision`, i2a.infra.precision's vocabulary: the config's where it has a setting for the job,
     else strict fp32) and record it in the log, and stop a job given a GPU that torch does not see."""
     if smk.log:
         log_path = Path(str(smk.log[0]))
@@ -56,8 +56,8 @@ def start_job(smk, name: str | None = None, precision: str = "fp32") -> logging.
         import torch
     except ImportError:  # a job of the data environment (CPU_ENV): no torch, no arithmetic to set
         return logger
-    from i2a.device import check_gpu_given
-    from i2a.precision import use_precision
+    from i2a.infra.device import check_gpu_given
+    from i2a.infra.precision import use_precision
 
     resources = getattr(smk, "resources", None)
     check_gpu_given(rule_gpus=getattr(resources, "gpu", 0) or 0)

@@ -6,6 +6,7 @@ device or the other videos, and a sample set can be extended or recomputed piece
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -15,14 +16,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from i2a.atomic import atomic_path
+from i2a.infra.atomic import atomic_path
 from i2a.data.mel import MelSpec
 from i2a.data.store import ShardedArray, finite_rows
-from i2a.device import pick_device
-from i2a.models.gpt import (CUDA_BUCKET, kv_cache_bytes, load_transformer, random_features, sample_frame_indices,
-                            sample_tokens)
-from i2a.precision import autocast_dtype, describe, set_precision
-from i2a.runspec import GPTConfig, RunSpec
+from i2a.infra.device import pick_device
+from i2a.models.condition import condition
+from i2a.models.gpt import CUDA_BUCKET, kv_cache_bytes
+from i2a.models.transformer import LoadedTransformer, load_transformer
+from i2a.infra.precision import autocast_dtype, describe, set_precision
+from i2a.spec.runspec import GPTConfig, RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,6 @@ def sample_seeds(base_seed: int, n_videos: int, samples_per_video: int, repeats:
     sample = np.arange(samples_per_video)[None, None, :]
     seeds = (base_seed + repeat) * 1_000_003 + video * samples_per_video + sample
     return seeds.reshape(n_videos, repeats * samples_per_video).astype(np.int64)
-
-
-def condition(features: str, feats: np.ndarray | None, seeds: np.ndarray, S: int, feat_dim: int) -> torch.Tensor:
-    """(rows, D, S) conditioning for one batch: real frames, or seeded noise for the no-feats baseline."""
-    if features == "none":
-        return torch.cat([random_features(1, feat_dim, S, int(s)) for s in seeds])
-    idx = sample_frame_indices(feats.shape[1], S)
-    return torch.from_numpy(np.ascontiguousarray(feats[:, idx].transpose(0, 2, 1), dtype=np.float32))
 
 
 # `sampling.batch_size: auto` on a CPU: a decode step there is bound by reading the weights once for all rows, and
@@ -96,14 +90,16 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
-def load_run_transformer(spec: RunSpec, path: str | Path, device: torch.device):
-    """The run's transformer: a trained one describes itself and must be the run's; a released one is checked
-    against the run's shape and takes its head count from it."""
-    gpt = load_transformer(path, spec.model if spec.source == "released" else None, map_location=device)
-    if gpt.run_spec is not None and gpt.run_spec.training_view() != spec.training_view():
-        raise ValueError(f"{path} was trained for run {gpt.run_spec.name!r} with other settings than run "
+def load_run_transformer(spec: RunSpec, path: str | Path, device: torch.device) -> LoadedTransformer:
+    """The run's transformer: a trained one describes itself and must be the run's; a released one (or a bare
+    state dict) is checked against the run's shape, takes its head count from it and is described by it."""
+    loaded = load_transformer(path, spec.model if spec.source == "released" else None, map_location=device)
+    if loaded.spec is None:
+        return dataclasses.replace(loaded, spec=spec)
+    if loaded.spec.training_view() != spec.training_view():
+        raise ValueError(f"{path} was trained for run {loaded.spec.name!r} with other settings than run "
                          f"{spec.name!r}: retrain it (snakemake reruns train_gpt when its settings change)")
-    return gpt
+    return loaded
 
 
 def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str | Path,
@@ -117,7 +113,7 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
     features of video derangement(V)[i] and the same seeds, so it differs from the run only by the picture.
     Sampled in spec.sampling.precision (fp32: strict, the full recompute's tokens; bf16: weights and caches in
     bf16), `batch_size` sequences (rounded to whole videos) or `auto` (videos_per_batch) at a time."""
-    from i2a.atomic import remove_leftovers, write_text
+    from i2a.infra.atomic import remove_leftovers, write_text
     from i2a.data.clips import split_clips
     from i2a.models.codebook import check_codebook, decode_tokens, load_codebook
 
@@ -125,16 +121,16 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
         for leftover in remove_leftovers(out):
             log.info("removed %s, left by a killed sample_tokens", leftover)
     device = pick_device(device)
-    gpt = load_run_transformer(spec, transformer_ckpt, device)
+    transformer = load_run_transformer(spec, transformer_ckpt, device)
+    gpt = transformer.gpt
     codebook = load_codebook(codebook_ckpt, map_location=device)
     # a transformer's tokens mean what they meant in training only with the codebook it was trained on
-    check_codebook(gpt.codebook, codebook_ckpt, codebook.cfg, transformer=str(transformer_ckpt))
+    check_codebook(transformer.codebook_fingerprint, codebook_ckpt, codebook.cfg, transformer=str(transformer_ckpt))
     videos = list(split_clips(valid_shards)["clip"])
     n_videos = len(videos)
     # the transformer's own description says what it reads (a released one: the run, checked against its shapes)
-    trained_as = gpt.run_spec or spec
-    sampling, S = spec.sampling, trained_as.feat_sample_size
-    n_tokens = gpt.block_size - S
+    trained_as = transformer.spec
+    sampling, S, n_tokens = spec.sampling, transformer.S, transformer.n_tokens
     R, K = sampling.seeds, sampling.seeds * sampling.samples_per_video
     feats = None if trained_as.features == "none" else ShardedArray(feature_files)
     if feats is not None and len(feats) != n_videos:
@@ -165,9 +161,9 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
                 cond = condition(trained_as.features, np.stack([feats[source[i]] for i in range(start, stop)]),
                                  batch_seeds, S, gpt.config.feat_dim)
                 video_of_row = np.repeat(np.arange(stop - start), K)
-            out = sample_tokens(gpt, cond.to(device), n_tokens, top_k=sampling.top_k,
-                                temperature=sampling.temperature, seeds=batch_seeds.tolist(), cache=True,
-                                dtype=dtype, video_of_row=torch.from_numpy(video_of_row))
+            out = transformer.sample(cond, n_tokens, top_k=sampling.top_k, temperature=sampling.temperature,
+                                     seeds=batch_seeds.tolist(), cache=True, dtype=dtype,
+                                     video_of_row=torch.from_numpy(video_of_row))
             tokens[start:stop] = out.view(stop - start, K, n_tokens).cpu().numpy()
             decoded = decode_tokens(codebook, out.cpu().numpy(), progress=False)
             if mels is None:
@@ -186,7 +182,7 @@ def reconstruct_validation(codebook_ckpt: str | Path, valid_shards: Sequence[str
                            mels_out: str | Path, names_out: str | Path, device: str | None = None) -> None:
     """The ceiling any transformer can reach: every real validation clip encoded and decoded by the codebook,
     saved like a run's samples (V, 1, n_mels, crop_frames) so that it is scored the same way."""
-    from i2a.atomic import write_text
+    from i2a.infra.atomic import write_text
     from i2a.data.clips import split_clips, split_mels
     from i2a.models.codebook import decode_tokens, encode_mels, load_codebook
 

@@ -15,8 +15,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from i2a.atomic import atomic_path, copy_file, write_text
-from i2a.checksum import ChecksumError, file_digest, set_aside, verify_file
+from i2a.infra.atomic import atomic_path, copy_file, write_text
+from i2a.infra.checksum import ChecksumError, file_digest, set_aside, verify_file
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def download(url: str, dest: str | Path, md5: str | None = None, sha256: str | N
 
     The file appears under `dest` only once it is complete and verified: its digest (when one is known) and
     `validate(part)` (for example `check_zip`, when no digest is known) must pass, else it is set aside (see
-    i2a.checksum) and the next attempt downloads it afresh.
+    i2a.infra.checksum) and the next attempt downloads it afresh.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,7 @@ def record_or_check_md5(path: str | Path, expected: str | None) -> str:
 
 
 def discard_archive(path: Path) -> Path:
-    """Set a damaged archive aside (see i2a.checksum) together with its recorded MD5, so that the next run
+    """Set a damaged archive aside (see i2a.infra.checksum) together with its recorded MD5, so that the next run
     downloads it afresh; returns where it went."""
     bad = set_aside(path)
     path.with_name(path.name + ".md5").unlink(missing_ok=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from i2a.precision import check_precision, lightning_precision
+from i2a.infra.precision import check_precision, lightning_precision
 
 # SpecVQGAN's (minGPT's) names for the same settings, as its configs and the interop files spell them
 _MINGPT_NAMES = {"n_layer": "layers", "n_head": "heads", "n_embd": "embed"}
@@ -79,7 +79,7 @@ class TrainSettings:
     early_stopping: bool = False
     early_stopping_patience: int = 2
     seed: int = 0
-    # i2a.precision's vocabulary: "fp32" (strict), "tf32" (SpecVQGAN's A100 arithmetic) or "bf16" (bf16 autocast)
+    # i2a.infra.precision's vocabulary: "fp32" (strict), "tf32" (SpecVQGAN's A100 arithmetic) or "bf16" (bf16 autocast)
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
 
     def __post_init__(self) -> None:
@@ -114,7 +114,7 @@ class SamplingSettings:
     temperature: float = 1.0
     seed: int = 0
     seeds: int = 1  # sampling seeds seed, seed+1, ...: each draws samples_per_video per video
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # i2a.precision's vocabulary
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # i2a.infra.precision's vocabulary
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -125,13 +125,13 @@ class RunSpec:
     """Everything that decides one run's result."""
 
     name: str
-    features: str  # a backbone of i2a.features.registry, or "none" (random features, the no-feats baseline)
+    features: str  # a backbone of i2a.spec.backbones, or "none" (random features, the no-feats baseline)
     feat_sample_size: int = 212  # S of the 212 frames
     # how features enter the GPT: "raw" as SpecVQGAN feeds them, or "standard": per dimension, minus the mean and
     # over the std of the training split's features (the statistics travel in the checkpoint)
     feature_norm: Literal["raw", "standard"] = "raw"
     source: Literal["train", "released"] = "train"
-    released: str | None = None  # with source "released": which of i2a.models.released's transformers
+    released: str | None = None  # with source "released": which of i2a.spec.released's transformers
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
@@ -143,7 +143,7 @@ class RunSpec:
     @classmethod
     def from_config(cls, config: dict[str, Any], entry: dict[str, Any]) -> RunSpec:
         """A validated config (schema defaults filled in) and one of its `runs:` entries."""
-        from i2a.features.registry import feature_dim
+        from i2a.spec.backbones import feature_dim
 
         model = GPTConfig(vocab_size=codebook_size(config), block_size=tokens_per_clip(config) + entry["feat_sample_size"],
                           layers=entry["layers"], heads=entry["heads"], embed=entry["embed"],
@@ -152,7 +152,7 @@ class RunSpec:
         if entry.get("samples_per_video") is not None:
             sampling["samples_per_video"] = entry["samples_per_video"]
         elif entry["source"] == "released":  # as its published numbers were computed (one place: the registry)
-            from i2a.models.released import released
+            from i2a.spec.released import released
 
             published = released(entry["released"]).published
             if published is not None:

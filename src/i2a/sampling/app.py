@@ -21,9 +21,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("i2a.app")
+from i2a.data.clips import VIDEO_SUFFIXES
+from i2a.sampling.inputs import IMAGE_SUFFIXES
+from i2a.sampling.loop import generate
+
+log = logging.getLogger("i2a.sampling.app")
 
 MAX_SAMPLES = 8
+DRAIN_LIMIT = 4  # an upload too large is still read (and dropped) up to this many times the largest taken
 STYLE = ("body{font-family:sans-serif;max-width:52em;margin:2em auto;padding:0 1em}"
          ".error{color:#a00;border:1px solid #a00;padding:.5em}img{max-width:100%}")
 
@@ -66,8 +71,6 @@ class App:
         self.count = 0
 
     def form(self) -> bytes:
-        from i2a.generate import IMAGE_SUFFIXES
-
         return _page(f"i2a: sound for a picture ({self.model.name})", f"""
 <p>Upload an image ({", ".join(IMAGE_SUFFIXES)}) or a short video: the model <b>{html.escape(self.model.name)}</b>
 ({html.escape(self.model.spec.features)} features) generates {self.model.seconds:g} s of sound for it.</p>
@@ -79,9 +82,6 @@ class App:
 
     def generate(self, name: str, data: bytes, fields: dict[str, str]) -> bytes:
         """The results page for one upload; UploadError when it cannot be used."""
-        from i2a.data.clips import VIDEO_SUFFIXES
-        from i2a.generate import IMAGE_SUFFIXES, generate
-
         suffix = Path(name).suffix.lower()
         if suffix not in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES):
             raise UploadError(f"{name!r} is neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a video "
@@ -160,7 +160,12 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self._error(HTTPStatus.LENGTH_REQUIRED, "the upload must say its length")
         if length > self.app.max_upload:
-            self.close_connection = True  # the body is not read
+            # a sender that is still writing its body when the answer comes sees a broken pipe, not the answer:
+            # an upload up to DRAIN_LIMIT times the largest taken is read and dropped first
+            if length <= DRAIN_LIMIT * self.app.max_upload:
+                for start in range(0, length, 2 ** 20):
+                    self.rfile.read(min(2 ** 20, length - start))
+            self.close_connection = True
             return self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"the upload is {length / 2 ** 20:.1f} MiB, more than this page takes "
                                f"({self.app.max_upload / 2 ** 20:.0f} MiB; i2a app --max-upload-mb): give a smaller "

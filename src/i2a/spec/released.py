@@ -139,8 +139,8 @@ def fetch_released(name: str, dest: str | Path, url: str | None = None, member: 
     mirror is configured) and put the checkpoint it holds at `dest`: `member` (one of the archive's `members`,
     by file name), else the registry's own. An archive of several checkpoints is described beside `dest`
     (<dest>.json: each one's MD5 and size, whether they are identical, and which one `dest` is)."""
-    from i2a.atomic import copy_file, write_text
-    from i2a.download import download, extract_checkpoint, record_or_check_md5
+    from i2a.infra.atomic import copy_file, write_text
+    from i2a.infra.download import download, extract_checkpoint, record_or_check_md5
 
     entry, dest = released(name), Path(dest)
     member = member or entry.member
@@ -173,7 +173,7 @@ def compare_members(archive: str | Path, names: tuple[str, ...]) -> dict[str, ob
     are all the same file."""
     import hashlib
 
-    from i2a.download import open_tar
+    from i2a.infra.download import open_tar
 
     members: dict[str, dict[str, object] | None] = dict.fromkeys(names)
     with open_tar(archive) as tar:
@@ -198,7 +198,7 @@ def describe_transformer_archive(archive: str | Path) -> dict[str, object] | Non
     the archive holds no such config (the checkpoint's weights are still checked against the run when loaded)."""
     import yaml
 
-    from i2a.download import open_tar
+    from i2a.infra.download import open_tar
 
     with open_tar(archive) as tar:
         for info in tar:
@@ -226,7 +226,7 @@ def describe_transformer_archive(archive: str | Path) -> dict[str, object] | Non
 
 def check_transformer_shape(entry: ReleasedFile, found: dict[str, object], where: object = "") -> None:
     """The registry's description of a released transformer must be what its checkpoint says."""
-    differences = [f"{key}: the checkpoint has {found[key]}, i2a/models/released.py says {getattr(entry, key)}"
+    differences = [f"{key}: the checkpoint has {found[key]}, i2a/spec/released.py says {getattr(entry, key)}"
                    for key in ("features", "feat_sample_size", "layers", "heads", "embed")
                    if found.get(key) is not None and found[key] != getattr(entry, key)]
     if differences:

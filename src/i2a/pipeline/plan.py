@@ -9,7 +9,7 @@ from the GPUs' calibration and the limits the SLURM profile would request, in GP
 
 Snakemake itself works out the jobs (a dry run) and each job's request (the rules' resources and threads, then
 the profile's default-resources, set-resources and set-threads on top, exactly as `snakemake --profile` would),
-for the first attempt. The rules' time limits come from `i2a.sizing.job_minutes`, which also gives the expected
+for the first attempt. The rules' time limits come from `i2a.pipeline.sizing.job_minutes`, which also gives the expected
 time shown here: the plan and the profile cannot disagree. Requested hours are limit x GPUs and limit x CPUs
 (jobs that end sooner are charged less), times the segments of a training run longer than max_runtime. Local
 rules run on the login node and request nothing from SLURM.
@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-REPO = Path(__file__).resolve().parents[2]
+from i2a import SOURCE_CHECKOUT as REPO
+
 DEFAULT_PROFILE = REPO / "profiles" / "slurm"
 # Large enough that no rule's threads are capped, as on a cluster (a dry run caps threads at --cores).
 UNCAPPED_CORES = 1_000_000
@@ -38,7 +39,7 @@ class JobRequest:
     threads: int
     resources: Mapping[str, object]
     local: bool = False
-    expected_min: float | None = None  # from the calibration (i2a.sizing); None: no figure for this work
+    expected_min: float | None = None  # from the calibration (i2a.pipeline.sizing); None: no figure for this work
     segments: int = 1  # jobs a training run longer than max_runtime takes, each asking for the same limit
 
     @property
@@ -195,11 +196,11 @@ def plan_jobs(targets: Sequence[str] = (), profile: Path = DEFAULT_PROFILE, conf
 
 
 def _with_expected(job: JobRequest, config: Mapping) -> JobRequest:
-    """The job with the expected minutes of its work (i2a.sizing, the function its runtime came from)."""
+    """The job with the expected minutes of its work (i2a.pipeline.sizing, the function its runtime came from)."""
     from dataclasses import replace
 
-    from i2a import sizing
-    from i2a.runspec import RunSpec
+    from i2a.pipeline import sizing
+    from i2a.spec.runspec import RunSpec
 
     if job.local:
         return job
@@ -215,7 +216,7 @@ def _dry_run(targets, profile, configfiles, workdir, snakefile, every_job, calib
     from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness,
                                           ResourceSettings)
 
-    from i2a import lock
+    from i2a.pipeline import lock
 
     lock.PLANNING_ONLY = True  # a dry run: it takes no locks, so it may run beside an executing instance
     workdir = Path(workdir).resolve()
@@ -323,7 +324,7 @@ def totals(jobs: Sequence[JobRequest], calibration: Mapping, gpus: int) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     import json
 
-    from i2a import sizing
+    from i2a.pipeline import sizing
 
     parser = argparse.ArgumentParser(prog="i2a plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help="files or rules, as snakemake's (default: rule all)")

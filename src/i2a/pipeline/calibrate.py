@@ -1,5 +1,5 @@
 """Measure what each compute-heavy rule does per second on this machine, through the project's own code, and
-write the calibration file `i2a plan` and the rules' time limits read (i2a.sizing, docs/cluster.md).
+write the calibration file `i2a plan` and the rules' time limits read (i2a.pipeline.sizing, docs/cluster.md).
 
     i2a calibrate                                   # the study's shapes (config/config.yaml) on the GPU if any
     i2a calibrate --configfile config/demo.yaml --device cpu --out profiles/slurm/calibration/cpu-2core.yaml
@@ -31,15 +31,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import yaml
 
+from i2a import SOURCE_CHECKOUT as REPO
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 PARTS = ("startup", "training", "sampling", "encoders", "decode", "codebook", "melception", "vocoder")
 
 
 def load_study_config(configfiles: Sequence[str | Path] = ()) -> dict[str, Any]:
     """config/config.yaml with the given files merged on top (as snakemake's --configfile), validated."""
-    from i2a.config import merge_config, validate_config
+    from i2a.spec.config import merge_config, validate_config
 
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     for path in configfiles:
@@ -92,7 +93,7 @@ def measure_startup() -> float:
 
 
 def _trained_specs(config: dict[str, Any]) -> list:
-    from i2a.runspec import RunSpec
+    from i2a.spec.runspec import RunSpec
 
     return [RunSpec.from_config(config, run) for run in config["runs"]]
 
@@ -107,7 +108,7 @@ def measure_training(spec, device, steps: int, warmup: int) -> dict[str, Any]:
     features at the run's shape), and what the end of an epoch adds (a one-batch validation, the checkpoints)."""
     import lightning.pytorch as pl
 
-    from i2a.precision import set_precision
+    from i2a.infra.precision import set_precision
     from i2a.training.gpt import GPTDataset, train_gpt
 
     train = dataclasses.replace(spec.train, gpus=1, max_epochs=1, early_stopping=False, accumulate=1,
@@ -147,7 +148,7 @@ def measure_sampling(spec, config, device, repeats: int) -> dict[str, Any]:
     import torch
 
     from i2a.models.gpt import GPT, sample_tokens
-    from i2a.precision import autocast_dtype, set_precision
+    from i2a.infra.precision import autocast_dtype, set_precision
 
     sampling = config["sampling"]
     batch, precision = sampling["batch_size"], sampling["precision"]
@@ -158,7 +159,8 @@ def measure_sampling(spec, config, device, repeats: int) -> dict[str, Any]:
     dtype = autocast_dtype(precision) or torch.float32
 
     def run() -> int:
-        sample_tokens(gpt, feats, spec.n_tokens, top_k=sampling["top_k"], seeds=list(range(batch)), dtype=dtype)
+        sample_tokens(gpt, feats, spec.n_tokens, top_k=sampling["top_k"], temperature=sampling["temperature"],
+                      seeds=list(range(batch)), dtype=dtype)
         return batch
 
     rate = timed_rate(run, device, repeats)
@@ -169,7 +171,7 @@ def measure_encoder(name: str, config, device, repeats: int) -> float:
     """Frames/s of a backbone (random weights) on already cropped frames, one clip's frames per call."""
     from i2a.features.backbones import build_backbone
     from i2a.features.extract import extract_clip_features
-    from i2a.precision import set_precision
+    from i2a.infra.precision import set_precision
 
     settings = config["backbones"][name]
     precision = config["features"]["precision"]
@@ -279,7 +281,7 @@ def calibrate(config: dict[str, Any], device=None, parts: Sequence[str] = PARTS,
     """Every figure of a calibration file for this machine (the parts asked for)."""
     import torch
 
-    from i2a.device import pick_device
+    from i2a.infra.device import pick_device
 
     device = pick_device(device)
     out: dict[str, Any] = {"device": device_name(device), "torch": str(torch.__version__),
@@ -328,16 +330,16 @@ def calibrate(config: dict[str, Any], device=None, parts: Sequence[str] = PARTS,
 
 
 def write_calibration(figures: dict[str, Any], path: str | Path) -> Path:
-    from i2a.atomic import write_text
+    from i2a.infra.atomic import write_text
 
-    header = ("# Written by `i2a calibrate` (src/i2a/calibrate.py); read by i2a.sizing for `i2a plan` and the rules'\n"
+    header = ("# Written by `i2a calibrate` (src/i2a/pipeline/calibrate.py); read by i2a.pipeline.sizing for `i2a plan` and the rules'\n"
               "# time limits (docs/cluster.md). Rates are per GPU (or per machine on a CPU).\n")
     plain = json.loads(json.dumps(figures, default=float))  # numpy scalars as plain numbers
     return write_text(path, header + yaml.safe_dump(plain, sort_keys=False, width=120))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from i2a.sizing import CALIBRATION_DIR
+    from i2a.pipeline.sizing import CALIBRATION_DIR
 
     parser = argparse.ArgumentParser(prog="i2a calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", action="append", default=[], help="merged on config/config.yaml")
@@ -360,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = calibrate(config, opts.device, parts, opts.steps, opts.warmup, opts.repeats)
     figures["seconds"] = round(time.perf_counter() - start, 1)
     figures["config"] = ["config/config.yaml", *map(str, opts.configfile)]
-    from i2a.device import pick_device
+    from i2a.infra.device import pick_device
 
     out = opts.out or CALIBRATION_DIR / f"{device_slug(pick_device(opts.device))}.yaml"
     write_calibration(figures, out)
