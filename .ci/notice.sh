@@ -12,7 +12,7 @@ slurm=${1:-auto} browser=${2:-auto}
 echo "make test: the whole suite. First, as root on a machine with apt-get, what two test files need:"
 plan=""
 if [[ $slurm == no ]]; then
-    echo "slurm-setup: SLURM=no: not set up (tests/test_slurm.py skips unless a SLURM already answers)"
+    echo "slurm-setup: SLURM=no: not set up (tests/workflow/test_slurm.py skips unless a SLURM already answers)"
 else
     plan+=$(bash .ci/slurm/setup.sh --dry-run)$'\n'
 fi

@@ -105,3 +105,13 @@ def test_help_loads_no_torch(command):
                         f"    cli.main([{command!r}, '--help', '--config', 'config/demo.yaml'])\n"
                         "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
     assert out.strip().endswith("False"), out
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<floor>/ holds the tests of src/i2a/<floor>/ (tests/workflow/ those of the workflow as a user drives
+    it); the tests of the package as a whole, the docs and the benchmarks stay at the top."""
+    folders = {p.name for p in (REPO / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert folders == packages | {"workflow"}
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), "two test files of one name: pytest imports them as one module"

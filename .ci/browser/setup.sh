@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian's Chromium and ChromeDriver, for the test that opens the `snakemake --report` page (tests/test_workflow.py).
+# Debian's Chromium and ChromeDriver, for the test that opens the `snakemake --report` page (tests/workflow/test_workflow.py).
 #
 #   .ci/browser/setup.sh        as root; instant when both are already installed
 #   .ci/browser/setup.sh --dry-run   says what it would install, changes nothing (`make test` says it first)
@@ -17,7 +17,7 @@ if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
 fi
 if [[ ${1:-} == --dry-run ]]; then
     echo "browser-setup: as root, will install chromium and chromium-driver with apt-get (Debian's packages) for" \
-         "the report test in tests/test_workflow.py"
+         "the report test in tests/workflow/test_workflow.py"
     exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real single-node SLURM on this machine, for CI and for trying profiles/slurm:
-#   munge (authentication), MariaDB + slurmdbd (accounting: sacct, which tests/test_slurm.py reads and the
+#   munge (authentication), MariaDB + slurmdbd (accounting: sacct, which tests/workflow/test_slurm.py reads and the
 #   executor plugin falls back on), slurmctld and slurmd, with partitions `cpu` (default) and `gpu` on this node.
 #
 #   .ci/slurm/setup.sh          as root; safe to run again: well under a second when everything already answers
@@ -163,7 +163,7 @@ for package in "${packages[@]}"; do
 done
 if [[ $DRY_RUN -eq 1 ]]; then
     say "as root, will ${missing[*]:+install ${missing[*]} with apt-get and }start munged, MariaDB," \
-        "slurmdbd, slurmctld and slurmd: a one-node SLURM (cluster $CLUSTER) for tests/test_slurm.py" \
+        "slurmdbd, slurmctld and slurmd: a one-node SLURM (cluster $CLUSTER) for tests/workflow/test_slurm.py" \
         "(config in $CONF_DIR, logs in $LOG_DIR)"
     exit 0
 fi

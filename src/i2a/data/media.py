@@ -9,7 +9,7 @@ instead of shell strings (so any file name works) and an ffmpeg from the package
   4. `-ss 0 -t SECONDS -i looped -c:v libx264 -c:a aac -b:a 98k`
   5. `-i cut -f wav -vn`, then `-ac 1 -ar 22050`           the mono wav the mels are computed from
   6. their `-i cut -r 21.5 -c:v libx264` re-timed copy is not written: `read_video_frames(cut, fps=21.5)` picks
-     the same frames by timestamp, as ffmpeg's fps filter does (tests/test_media.py checks it against ffmpeg),
+     the same frames by timestamp, as ffmpeg's fps filter does (tests/data/test_media.py checks it against ffmpeg),
      without a third lossy x264 generation and without a third of the chain's time (benchmarks/decode.py).
 
 DUR is the duration ffmpeg prints for ori.wav ("HH:MM:SS.cc", rounded to 10 ms), exactly what their script
@@ -19,7 +19,7 @@ when loading it.
 The ffmpeg is the static 4.2.2 build in imageio-ffmpeg 0.4.9, the generation the authors used (conda
 `ffmpeg=4.3.1`), with `-aac_coder fast` (the 4.x default, spelled out). The AAC encoder is chaotic (bit
 reservoir, rate loop): one last-bit float difference between builds changes every later frame, so mels match
-the authors' exactly only with their build. Measured on the 10 golden clips (tests/test_mel.py): ffmpeg 4.2.2
+the authors' exactly only with their build. Measured on the 10 golden clips (tests/data/test_mel.py): ffmpeg 4.2.2
 mean abs diff 0.0037 (two clips bit-exact, worst 0.0106); ffmpeg 7-9 with the same flags 0.0063 (worst
 0.0138); ffmpeg >= 7's default `twoloop` coder is ~1.5 dB louder and 2x further off. Set I2A_FFMPEG to use
 another binary.

@@ -151,17 +151,6 @@ def test_an_image_smaller_than_the_backbone_input_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- conditioning
 
-def test_condition_rows_follow_the_workflows_feature_padding_and_frame_choice():
-    # a 2 s clip at 21.5 fps: 43 frames, crop 40, S = 5, as the demo's features and runs
-    rows = condition_rows(43, 43, 40, 5)
-    assert list(rows) == list(pad_and_crop_indices(43, 43, 40)[sample_frame_indices(40, 5)])
-    # the study's S = 1 takes the middle of the 212 frames of a 10 s clip
-    assert list(condition_rows(215, 215, 212, 1)) == [107]
-    # a short clip is tiled, as the chain loops it; an image (one frame) shows that frame at every position
-    assert set(condition_rows(3, 43, 40, 5)) <= {0, 1, 2}
-    assert list(condition_rows(1, 215, 212, 212)) == [0] * 212
-
-
 def test_an_image_is_a_still_video(tmp_path, encoder):
     model = tiny_model(encoder)
     image = save_image(tmp_path / "still.png", (96, 72))

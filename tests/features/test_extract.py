@@ -39,28 +39,6 @@ def resnet18():
     return build_backbone("resnet18", "none", image_size=64)
 
 
-def test_pad_and_crop_small_cases():
-    feats = np.arange(3)[:, None] * np.ones((1, 2))
-    # tile 3 frames to 7: 0 1 2 0 1 2 0, then the centre 5: drop one frame on each side
-    assert pad_and_crop(feats, total=7, crop=5)[:, 0].tolist() == [1, 2, 0, 1, 2]
-    assert pad_and_crop_indices(1, total=4, crop=2).tolist() == [0, 0]
-    assert pad_and_crop_indices(9, total=7, crop=5).tolist() == [1, 2, 3, 4, 5]  # trimmed, then cropped
-    assert pad_and_crop_indices(7, total=7, crop=4).tolist() == [1, 2, 3, 4]  # (7 - 4) // 2 = 1 dropped first
-
-
-def test_pad_and_crop_vas_sizes():
-    # a 10 s clip at 21.5 fps: frames 1..212 of 215
-    assert np.array_equal(pad_and_crop_indices(215), np.arange(1, 213))
-    assert np.array_equal(pad_and_crop_indices(300), np.arange(1, 213))
-    # a 100-frame clip: tiled 0..99, 0..99, 0..14 -> frames 1..99, 0..99, 0..12
-    expected = np.concatenate([np.arange(1, 100), np.arange(100), np.arange(13)])
-    assert np.array_equal(pad_and_crop_indices(100), expected)
-    feats = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
-    assert np.array_equal(pad_and_crop(feats), feats[expected])
-    with pytest.raises(ValueError):
-        pad_and_crop_indices(0)
-    with pytest.raises(ValueError):
-        pad_and_crop_indices(10, total=5, crop=6)
 
 
 def test_clip_features_do_not_depend_on_batching(resnet18):
@@ -102,7 +80,7 @@ def test_extract_features_of_small_videos(tmp_path, resnet18):
 
 
 def test_a_broken_clip_gets_a_nan_row_and_its_reason(tmp_path, resnet18):
-    """One bad clip never fails its shard (issue 12; the shard's index and training: tests/test_faults.py)."""
+    """One bad clip never fails its shard (issue 12; the shard's index and training: tests/workflow/test_faults.py)."""
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     good = write_video(tmp_path / "good.mp4", n_frames=4)

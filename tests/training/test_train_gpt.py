@@ -188,7 +188,7 @@ def test_two_gpus_means_ddp_with_the_lr_rule_and_a_complete_validation(tmp_path)
 
     script = Path(__file__).with_name("ddp_train.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(script.parent), os.environ.get("PYTHONPATH", "")])}
+        [str(script.parent), str(script.parent.parent), os.environ.get("PYTHONPATH", "")])}  # and tests/ (conftest)
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600,
                           env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

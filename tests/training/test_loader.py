@@ -121,19 +121,17 @@ def test_loader_workers_change_nothing(tmp_path):
 
 def test_loader_settings_come_from_the_config_schema():
     """The schema's defaults are what a cluster job gets; the study's config says so explicitly."""
-    from pathlib import Path
-
     import yaml
 
+    from conftest import REPO
     from i2a.spec.config import validate_config
 
-    repo = Path(__file__).resolve().parents[1]
-    config = yaml.safe_load((repo / "config/config.yaml").read_text())
-    validate_config(config, repo / "workflow/schemas/config.schema.yaml")
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    validate_config(config, REPO / "workflow/schemas/config.schema.yaml")
     assert set(config["loader"]) == set(LOADER_DEFAULTS)
     assert config["loader"]["num_workers"] >= 2 and config["loader"]["pin_memory"]
     assert config["loader"]["persistent_workers"]
-    assert "loader=snakemake.config[\"loader\"]" in (repo / "workflow/scripts/train_gpt.py").read_text()
+    assert "loader=snakemake.config[\"loader\"]" in (REPO / "workflow/scripts/train_gpt.py").read_text()
 
 
 def test_loader_workers_fit_the_jobs_cpus(monkeypatch):

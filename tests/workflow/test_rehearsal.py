@@ -7,7 +7,7 @@ rule's peak memory against what it asks SLURM for (benchmarks/rehearsal_memory.p
 
 About 7 minutes on 2 cores, so not part of the default run (pyproject: `-m 'not rehearsal'`):
 
-    .venv/bin/python -m pytest -n0 -s -m rehearsal tests/test_rehearsal.py
+    .venv/bin/python -m pytest -n0 -s -m rehearsal tests/workflow/test_rehearsal.py
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The data stage on real VAS clips as a user runs it: `vas.source: local`, the study config, bad files mixed in.
 
-Six sample clips of ../shared (four classes; tests/test_mel.py checks all ten) plus every kind of bad input go
+Six sample clips of ../shared (four classes; tests/data/test_mel.py checks all ten) plus every kind of bad input go
 through list_clips and preprocess_clips of config/config.yaml; the stored mels must be the authors' (the golden
 bound) and the bad files listed with their reasons.
 """

@@ -82,15 +82,6 @@ def test_load_transformer_missing_file(tmp_path):
         load_transformer(tmp_path / "nope.ckpt")
 
 
-def test_sample_frame_indices():
-    assert sample_frame_indices(212, 1).tolist() == [106]
-    assert sample_frame_indices(212, 5).tolist() == [35, 77, 119, 162, 204]
-    assert sample_frame_indices(212, 212).tolist() == list(range(212))
-    assert sample_frame_indices(40, 5).tolist() == [6, 14, 22, 30, 38]
-    with pytest.raises(ValueError):
-        sample_frame_indices(40, 41)
-
-
 def _tiny_model(seed=0):
     torch.manual_seed(seed)
     model = GPT(TINY)
