@@ -11,11 +11,11 @@ import torch
 from i2a.spec.frames import sample_frame_indices
 
 
-def random_features(n: int, feat_dim: int, n_frames: int, seed: int) -> torch.Tensor:
-    """The "no feats" condition: U[0, 1) noise of the features' shape, as SpecVQGAN's
+def random_features(n: int, feat_dim: int, S: int, seed: int) -> torch.Tensor:
+    """The "no feats" condition: U[0, 1) noise of the features' shape (n, D, S), as SpecVQGAN's
     `replace_feats_with_random` draws it (`np.random.rand`); here seeded so a run can be repeated."""
     rng = np.random.default_rng(seed)
-    return torch.from_numpy(rng.random((n, feat_dim, n_frames), dtype=np.float32))
+    return torch.from_numpy(rng.random((n, feat_dim, S), dtype=np.float32))
 
 
 def condition(features: str, feats: np.ndarray | None, seeds: np.ndarray, S: int, feat_dim: int) -> torch.Tensor:

@@ -447,11 +447,8 @@ def sample_tokens(model: GPT, feats: torch.Tensor, n_tokens: int, *, top_k: int 
     it was sampled in. `cache=False` re-runs the whole sequence each step, exactly like SpecVQGAN; `cache=True`
     (a `TokenSampler`) gives the same tokens in fp32 much faster. `dtype=torch.bfloat16` samples in bf16 (tokens
     then differ from fp32's). `bucket`: own-cache slots read per step in multiples of it (None: 64 on CUDA, where
-    each bucket's steps replay a captured CUDA graph unless `cuda_graph=False`; exact on the CPU). Measured on one
-    H200 with the sampler before the shared prefix (24 layers, S 212, top-k 64): its one-graph step drew eager's
-    tokens (64/64 rows); cached fp32 rows equal the full recompute's with cuDNN's TF32 off (precision `fp32`);
-    bf16 rows differ from fp32's. Not yet run on a GPU: the bucketed graphs of this sampler and the CUDA attention
-    kernel's log-sum-exp; the CPU tests run the bucketed step that the graphs capture.
+    each bucket's steps replay a captured CUDA graph unless `cuda_graph=False`; exact on the CPU). What has and
+    has not been checked on a GPU: docs/sampling.md.
     """
     if feats.dim() != 3 or feats.shape[1] != model.config.feat_dim:
         raise ValueError(f"feats must be (B, {model.config.feat_dim}, S), got {tuple(feats.shape)}")

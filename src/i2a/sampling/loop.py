@@ -199,19 +199,20 @@ class _Job:
     kept: list[np.ndarray] = field(default_factory=list)
 
 
-def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Path, samples: int = 1, seed: int = 0,
-             top_k: int | None = None, temperature: float = 1.0, batch_size: int = 64, mux: bool = False,
-             keep_mels: bool = False, progress: bool | None = None) -> list[Result]:
+def generate(model: SoundModel, inputs: Sequence[str | Path], out_dir: str | Path, samples: int = 1,
+             seed: int | None = None, top_k: int | None = None, temperature: float | None = None,
+             batch_size: int | str | None = None, mux: bool = False, keep_mels: bool = False,
+             progress: bool | None = None) -> list[Result]:
     """Generate `samples` sounds for every input (files or folders) into `out_dir`: per input
     `<stem>_sampleNN.wav` at the config's sample rate, `<stem>_spectrogram.png`, and with `mux` for a video
     `<stem>_sampleNN.mp4` (its clip with the generated sound). Inputs are read one by one and sampled together,
     never more than `batch_size` rows (input, sample) at a time, each written as soon as it is drawn: memory does not
     grow with `samples`. A bad input, or one whose outputs would overwrite a file generate did not write, gets its
     Result.error; the others go on. `progress`: a progress bar (None: when stderr is a terminal; otherwise one log
-    line per input)."""
-    # the config's sampling.top_k, as the workflow samples (a checkpoint's own spec keeps the default: sampling
-    # settings do not retrain a run)
-    top_k = top_k if top_k is not None else model.sampling["top_k"]
+    line per input). The sampler's values left out are the config's `sampling:` ones, as the workflow samples (a
+    checkpoint's own spec keeps the defaults: sampling settings do not retrain a run)."""
+    given = {"seed": seed, "top_k": top_k, "temperature": temperature, "batch_size": batch_size}
+    seed, top_k, temperature, batch_size = (model.sampling[k] if v is None else v for k, v in given.items())
     batch_size = rows_per_batch(model, batch_size, samples)
     check_sampling(samples, seed, top_k, temperature, batch_size, model.vocab_size)
     check_output_folder(out_dir, inputs)

@@ -34,15 +34,15 @@ def pad_and_crop(feats: np.ndarray, total: int = 215, crop: int = 212) -> np.nda
     return feats[pad_and_crop_indices(len(feats), total, crop)]
 
 
-def sample_frame_indices(crop_len: int, n_frames: int) -> np.ndarray:
-    """Pick `n_frames` of `crop_len` feature frames the way SpecVQGAN's `ResampleFrames` does.
+def sample_frame_indices(crop: int, S: int) -> np.ndarray:
+    """Pick S (the config's feat_sample_size) of `crop` feature frames the way SpecVQGAN's `ResampleFrames` does.
 
-    Evenly spaced, then shifted by `crop_len // (S + 1)` so that S=1 takes the middle frame:
+    Evenly spaced, then shifted by `crop // (S + 1)` so that S=1 takes the middle frame:
     (212, 1) -> [106]; (212, 5) -> [35, 77, 119, 162, 204]; (212, 212) -> all.
     """
-    check_sample_size(n_frames, crop_len)
-    idx = np.linspace(0, crop_len, n_frames, endpoint=False, dtype=np.int32)
-    return (idx + crop_len // (n_frames + 1)).astype(np.int64)
+    check_sample_size(S, crop)
+    idx = np.linspace(0, crop, S, endpoint=False, dtype=np.int32)
+    return (idx + crop // (S + 1)).astype(np.int64)
 
 
 def condition_rows(n_frames: int, total: int, crop: int, S: int) -> np.ndarray:
