@@ -21,7 +21,8 @@ from i2a import SOURCE_CHECKOUT
 from i2a.spec.backbones import BACKBONES, FEATURE_CHOICES, resolve_weights, weights_file
 from i2a.spec.frames import check_sample_size
 from i2a.spec.released import RELEASED, TRANSFORMERS, VOCODERS, released
-from i2a.spec.runspec import RESERVED_RUN_NAMES, SamplingSettings, codebook_downsampling, codebook_size
+from i2a.spec.runspec import (RESERVED_RUN_NAMES, GPTConfig, RunSpec, SamplingSettings, TrainSettings,
+                              codebook_downsampling, codebook_size)
 
 
 class ConfigError(ValueError):
@@ -74,8 +75,15 @@ def load_schema(path: str | Path) -> dict[str, Any]:
     schema["properties"]["checkpoints"]["propertyNames"] = {"enum": list(RELEASED)}
     schema["properties"]["sampling"]["properties"]["temperature"]["minimum"] = MIN_TEMPERATURE
     defs["seed"]["maximum"] = SEED_LIMIT - 1
+    # one default per setting, the typed description's: a run's keys from RunSpec, GPTConfig and TrainSettings,
+    # the sampler's from SamplingSettings (the schema names none of them)
+    run = defs["run"]["properties"]
+    for cls in (RunSpec, GPTConfig, TrainSettings):
+        for setting in dataclasses.fields(cls):
+            if setting.name in run and setting.default not in (dataclasses.MISSING, None):  # released: no default
+                run[setting.name]["default"] = setting.default
     sampling = schema["properties"]["sampling"]["properties"]
-    for setting in dataclasses.fields(SamplingSettings):  # one default per setting: the dataclass's
+    for setting in dataclasses.fields(SamplingSettings):
         sampling[setting.name]["default"] = setting.default
     return schema
 
