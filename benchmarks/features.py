@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 
-from i2a.features.backbones import FrameEncoder, build_backbone
-from i2a.spec.backbones import BACKBONES
-from i2a.features.extract import extract_features
 from i2a.data.media import ffmpeg_exe, read_video_frames
+from i2a.features.backbones import FrameEncoder, build_backbone
+from i2a.features.extract import extract_features
+from i2a.spec.backbones import BACKBONES
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vas-samples" / "videos"
 FPS = 21.5

@@ -31,8 +31,8 @@ import time
 import torch
 
 from i2a.infra.device import pick_device
-from i2a.models.gpt import GPT, sample_tokens
 from i2a.infra.precision import set_precision
+from i2a.models.gpt import GPT, sample_tokens
 from i2a.spec.runspec import GPTConfig, SamplingSettings
 
 STUDY = SamplingSettings()  # the study's sampler settings (top-k, temperature): the config's defaults

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from i2a.infra.device import pick_device
-from i2a.models.gpt import GPT
 from i2a.infra.precision import autocast_dtype, set_precision
+from i2a.models.gpt import GPT
 from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
 from i2a.training.gpt import GPTDataset, model_inputs, optimizer_groups, train_gpt
 

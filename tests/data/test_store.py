@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from i2a.infra.parallel import prefetched
 from i2a.data.store import NpyRowWriter
+from i2a.infra.parallel import prefetched
 
 
 def test_rows_written_one_by_one_load_as_one_array(tmp_path):

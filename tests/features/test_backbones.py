@@ -5,8 +5,8 @@ import torch
 import torchvision
 import torchvision.transforms as T
 
-from i2a.infra.checksum import ChecksumError, file_digest, verify_file
 from i2a.features.backbones import WeightsNotFoundError, build_backbone, fetch_weights
+from i2a.infra.checksum import ChecksumError, file_digest, verify_file
 from i2a.spec.backbones import BACKBONES, CLIP_PREPROCESS, VIDEO_FEATURES_CNN, weights_file
 
 EXPECTED_DIMS = {"resnet18": 512, "resnet50": 2048, "efficientnet_v2_s": 1280, "efficientnet_v2_m": 1280,
@@ -208,8 +208,8 @@ def test_clip_in_fp16_as_the_study_extracted_its_features(tmp_path, monkeypatch)
     import open_clip
     from safetensors.torch import save_file
 
-    from i2a.spec import backbones as registry
     from i2a.features.extract import extract_clip_features
+    from i2a.spec import backbones as registry
 
     entry = BACKBONES["clip_vit_b32"]
     half_file, full_file = entry.weights["openai_fp16"], entry.weights["openai"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import REPO, shared_path
-from i2a.features.backbones import build_backbone
-from i2a.spec.backbones import weights_file
-from i2a.features.extract import extract_clip_features, extract_features
-from i2a.spec.frames import pad_and_crop, pad_and_crop_indices
 from i2a.data.media import read_video_frames
+from i2a.features.backbones import build_backbone
+from i2a.features.extract import extract_clip_features, extract_features
+from i2a.spec.backbones import weights_file
+from i2a.spec.frames import pad_and_crop, pad_and_crop_indices
 
 
 def write_video(path: Path, n_frames: int, h: int = 48, w: int = 64, seed: int = 0) -> Path:

@@ -325,8 +325,8 @@ def test_a_run_with_another_codebook_or_backbone_is_refused(trained_run):
 
 def test_the_workflows_sampling_refuses_another_codebook(trained_run):
     """sample_tokens' job (i2a.sampling.samples.sample_run) checks the codebook on the models it loads, before any data."""
-    from i2a.spec.runspec import RunSpec
     from i2a.sampling.samples import sample_run
+    from i2a.spec.runspec import RunSpec
 
     config = load_config(trained_run)
     other = save_codebook(Path("other.ckpt"), 1)

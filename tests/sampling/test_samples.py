@@ -6,9 +6,9 @@ import pandas as pd
 import torch
 
 from i2a.evaluation.table import build_table, clip_counts
-from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
 from i2a.models.condition import condition
 from i2a.sampling.samples import sample_seeds
+from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
 from i2a.training.loop import TrainingState
 
 RUN = RunSpec(name="r", features="resnet18", feat_sample_size=5,

@@ -15,8 +15,8 @@ import yaml
 
 from conftest import REPO
 from loopback import serve, tar_bytes
-from i2a.spec.config import ConfigError, validate_config
 from i2a.spec import released as registry
+from i2a.spec.config import ConfigError, validate_config
 from workflow_helpers import copy_workflow, planned_jobs, snakemake
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -251,8 +251,8 @@ def test_melgan_is_checked_against_the_md5_its_author_published(archive_server, 
 def test_best_netg_is_selectable_and_its_md5_is_recorded_at_first_fetch(archive_server, tmp_path):
     """SpecVQGAN's own sampling loads best_netG.pt, for which no MD5 is published: the first whole download records
     one, and a file that changes afterwards is refused. netG.pt (pinned) stays the default."""
-    from i2a.spec.config import component_checkpoint
     from i2a.infra.download import DownloadError
+    from i2a.spec.config import component_checkpoint
 
     default = validate_config(copy.deepcopy(STUDY), SCHEMA)
     assert component_checkpoint(default, "melgan") == "resources/checkpoints/melgan.ckpt"

@@ -68,8 +68,8 @@ def test_the_logged_numbers_are_the_notes_with_the_two_transcription_errors_corr
 
 
 def test_the_table_puts_the_reports_and_the_logs_numbers_beside_the_measured_ones(tmp_path):
-    from i2a.spec.config import validate_config
     from i2a.evaluation.table import build_table
+    from i2a.spec.config import validate_config
     from i2a.spec.runspec import RunSpec
 
     config = validate_config(yaml.safe_load((REPO / "config/config.yaml").read_text()),
@@ -165,8 +165,8 @@ def test_every_trained_row_of_the_overlay_has_the_settings_the_note_logged(as_ru
 
 
 def test_the_overlay_takes_the_studys_inputs_codebook_and_arithmetic(as_run):
-    from i2a.spec.config import component_checkpoint
     from i2a.spec.backbones import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, resolve_weights
+    from i2a.spec.config import component_checkpoint
 
     assert as_run["vas"]["source"] == "authors"  # the authors' mels, and their ResNet50 features
     assert component_checkpoint(as_run, "codebook").endswith("vas_codebook.last.ckpt")

@@ -12,8 +12,8 @@ from i2a.models.gpt import GPT
 from i2a.models.transformer import load_transformer
 from i2a.spec.runspec import GPTConfig, RunSpec, TrainSettings
 from i2a.training.gpt import GPTDataset, curve_summary, model_inputs, optimizer_groups
-from i2a.training.loop import EpochSampler
 from i2a.training.gpt import train_gpt as _train_gpt
+from i2a.training.loop import EpochSampler
 
 N_TOK, VOCAB, CROP, DIM, S = 10, 16, 8, 6, 2
 

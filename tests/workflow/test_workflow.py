@@ -509,11 +509,11 @@ def valid_frames(demo, tmp_path_factory) -> dict[Path, str]:
 def test_a_picture_generates_the_sound_of_its_class(demo, valid_frames, run, tmp_path, monkeypatch):
     """The middle frame of each validation video, given as an image: the demo's Melception hears that video's
     class in the generated spectrograms far above chance (4 classes: 25%)."""
+    from i2a.evaluation.scoring import load_evaluator
+    from i2a.models.melception import melception_outputs
     from i2a.sampling.loading import load_run_model
     from i2a.sampling.loop import generate
     from i2a.spec.config import load_config
-    from i2a.evaluation.scoring import load_evaluator
-    from i2a.models.melception import melception_outputs
 
     workdir, _ = demo
     monkeypatch.chdir(workdir)

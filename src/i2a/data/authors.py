@@ -233,9 +233,9 @@ def import_mels_shard(clip_table: pd.DataFrame, mel_tars: Iterable[str | Path], 
     """A data shard folder (clips.tsv, mels.npy; see i2a.data.clips) from the authors' mel spectrograms of the
     shard's clips, stored as they are. A clip without a mel in the tars, or with one of another shape, is listed
     as skipped with the reason, as the workflow's own chain lists a clip it cannot decode."""
-    from i2a.infra.atomic import atomic_path
     from i2a.data.clips import write_tsv
     from i2a.data.store import NpyRowWriter
+    from i2a.infra.atomic import atomic_path
 
     tars = open_tars(mel_tars, MELS)
     records = []
@@ -324,9 +324,9 @@ def preprocess_authors_videos(shard_dir: str | Path, raw_dir: str | Path, out_di
     found by name under `raw_dir` (<class>/<clip>.mp4, the VAS videos) and put through the workflow's chain, one
     row per clip of the shard in its order, for the backbones whose features the authors did not publish. A clip
     without a video there is listed as skipped, with the reason (its features are then a row of NaN)."""
-    from i2a.infra.atomic import atomic_path
     from i2a.data.clips import Shard, find_clips, preprocess_shard
     from i2a.data.mel import MelSpec
+    from i2a.infra.atomic import atomic_path
 
     clips = Shard(shard_dir).ok[["clip", "class"]].copy()
     paths = {name: str(path) for name, path in find_clips(raw_dir)[0]}

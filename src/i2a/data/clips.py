@@ -20,9 +20,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from i2a.data.mel import MelSpec, mel_spectrogram
-from i2a.infra.parallel import prefetched
-from i2a.infra.atomic import atomic_path
 from i2a.data.store import NpyRowWriter
+from i2a.infra.atomic import atomic_path
+from i2a.infra.parallel import prefetched
 
 log = logging.getLogger(__name__)
 

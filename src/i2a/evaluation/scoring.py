@@ -9,8 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from i2a.infra.atomic import atomic_path, write_text
 from i2a.evaluation.metrics import inception_score, kid, score_with_uncertainty
+from i2a.infra.atomic import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from i2a.infra.atomic import atomic_path
 from i2a.evaluation.reference import reference_columns
+from i2a.infra.atomic import atomic_path
 from i2a.spec.backbones import display_name
 from i2a.spec.released import released as released_file
 from i2a.spec.runspec import CEILING_ROW, CONTROL_SUFFIX, RunSpec

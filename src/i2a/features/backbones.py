@@ -18,7 +18,7 @@ from i2a.infra.checkpoint import CheckpointError, load_checkpoint
 from i2a.infra.checksum import verify_file
 from i2a.infra.download import download
 from i2a.spec.backbones import (DEFAULT_CACHE_DIR, FrameTransform, backbone, resolve_weights, weights_by_filename,
-                                   weights_file)
+                                weights_file)
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from torch import nn
 from tqdm import tqdm
 
 from i2a.data import media
+from i2a.data.store import NpyRowWriter
 from i2a.features.backbones import FrameEncoder
 from i2a.infra.parallel import prefetched
-from i2a.data.store import NpyRowWriter
 from i2a.infra.precision import autocast_dtype
 from i2a.spec.frames import pad_and_crop_indices
 
@@ -233,8 +233,8 @@ def extract_shard(name: str, settings: dict, frames: dict, dtype: str, shard_dir
     `videos_dir`: the shard's videos are in this videos shard folder (the authors' clips, whose data shard holds
     mels only), found by clip name; a clip it has no video of gets a row of NaN and the reason."""
     from i2a.data.clips import Shard, write_tsv
-    from i2a.infra.device import pick_device
     from i2a.features.backbones import build_backbone
+    from i2a.infra.device import pick_device
 
     encoder = build_backbone(name, weights=settings["weights"], cache_dir="resources/weights",
                              image_size=settings["image_size"])

@@ -22,8 +22,8 @@ import soundfile as sf
 import torch
 import torch.nn as nn
 
-from i2a.infra.atomic import atomic_path
 from i2a.data.mel import MelSpec
+from i2a.infra.atomic import atomic_path
 from i2a.infra.checkpoint import load_checkpoint
 from i2a.spec.released import how_to_fetch
 

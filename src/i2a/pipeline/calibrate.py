@@ -147,8 +147,8 @@ def measure_sampling(spec, config, device, repeats: int) -> dict[str, Any]:
     """Sequences/s of the KV sampler at the config's batch and precision, the run's shape, random weights."""
     import torch
 
-    from i2a.models.gpt import GPT, sample_tokens
     from i2a.infra.precision import autocast_dtype, set_precision
+    from i2a.models.gpt import GPT, sample_tokens
 
     sampling = config["sampling"]
     batch, precision = sampling["batch_size"], sampling["precision"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from i2a.spec.config import load_config
 from i2a.report.landing import RUNS_HEADER, answer_lines, runs_rows
+from i2a.spec.config import load_config
 
 # the columns a terminal shows (the verdicts are in the answer above them)
 TERMINAL_COLUMNS = ["run", "MKL [95%]", "dKL vs baseline", "dKL vs best", "FID [95%]"]

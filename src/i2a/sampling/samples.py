@@ -16,14 +16,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from i2a.infra.atomic import atomic_path
 from i2a.data.mel import MelSpec
 from i2a.data.store import ShardedArray, finite_rows
+from i2a.infra.atomic import atomic_path
 from i2a.infra.device import pick_device
+from i2a.infra.precision import autocast_dtype, describe, set_precision
 from i2a.models.condition import condition
 from i2a.models.gpt import CUDA_BUCKET, kv_cache_bytes
 from i2a.models.transformer import LoadedTransformer, load_transformer
-from i2a.infra.precision import autocast_dtype, describe, set_precision
 from i2a.spec.runspec import GPTConfig, RunSpec
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def sample_run(spec: RunSpec, transformer_ckpt: str | Path, codebook_ckpt: str |
     features of video derangement(V)[i] and the same seeds, so it differs from the run only by the picture.
     Sampled in spec.sampling.precision (fp32: strict, the full recompute's tokens; bf16: weights and caches in
     bf16), `batch_size` sequences (rounded to whole videos) or `auto` (videos_per_batch) at a time."""
-    from i2a.infra.atomic import remove_leftovers, write_text
     from i2a.data.clips import split_clips
+    from i2a.infra.atomic import remove_leftovers, write_text
     from i2a.models.codebook import check_codebook, decode_tokens, load_codebook
 
     for out in (tokens_out, mels_out):  # a killed job's memory-mapped temporaries (GB for the mels)
@@ -182,8 +182,8 @@ def reconstruct_validation(codebook_ckpt: str | Path, valid_shards: Sequence[str
                            mels_out: str | Path, names_out: str | Path, device: str | None = None) -> None:
     """The ceiling any transformer can reach: every real validation clip encoded and decoded by the codebook,
     saved like a run's samples (V, 1, n_mels, crop_frames) so that it is scored the same way."""
-    from i2a.infra.atomic import write_text
     from i2a.data.clips import split_clips, split_mels
+    from i2a.infra.atomic import write_text
     from i2a.models.codebook import decode_tokens, encode_mels, load_codebook
 
     device = pick_device(device)

@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from i2a.infra.atomic import copy_file, write_text
+from i2a.infra.precision import set_precision
 from i2a.models.condition import check_feature_stats, standardize
 from i2a.models.gpt import GPT
 from i2a.models.transformer import CKPT_FORMAT
 from i2a.spec.frames import sample_frame_indices
-from i2a.infra.precision import set_precision
 from i2a.spec.runspec import RunSpec
 from i2a.training.curves import curve_summary
 from i2a.training.loop import (EpochSampler, TrainingState, fingerprint, fit, metrics_writer, quiet_lightning,
