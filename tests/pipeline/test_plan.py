@@ -223,3 +223,14 @@ def test_dry_run_through_the_profile_flags_unset_cluster_names(tmp_path):
 def test_a_missing_calibration_is_a_clear_error(tmp_path, capsys):
     assert main(["--calibration", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_planning_in_a_process_leaves_its_run_guard_as_it_was(study_plan, tmp_path):
+    """A plan built in this process skips the run guard only while it plans: the same process (a test worker, a
+    script that plans and then runs) is guarded afterwards."""
+    from i2a.pipeline import lock
+
+    assert lock.PLANNING_ONLY is False
+    record = tmp_path / "instance.json"
+    assert lock.guard(["--cores", "1"], record) == "run"
+    lock.release(record)

@@ -21,6 +21,7 @@ it has not changed for SETTLE_S seconds: its writer is gone.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import json
 import logging
@@ -52,8 +53,21 @@ READ_ONLY = {
 }
 
 
-# set by in-process planners (i2a.pipeline.plan) that build a dry-run DAG through the Snakemake API, not its command line
+# set, for the time they plan, by in-process planners (i2a.pipeline.plan) that build a dry-run DAG through the
+# Snakemake API, not its command line
 PLANNING_ONLY = False
+
+
+@contextlib.contextmanager
+def planning_only():
+    """A dry run planned in this process: it takes no locks, so it may run beside an executing instance. Only for
+    its duration: the same process may guard a real run afterwards."""
+    global PLANNING_ONLY
+    before, PLANNING_ONLY = PLANNING_ONLY, True
+    try:
+        yield
+    finally:
+        PLANNING_ONLY = before
 
 
 class AnotherRunError(RuntimeError):

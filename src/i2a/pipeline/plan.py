@@ -218,7 +218,6 @@ def _dry_run(targets, profile, configfiles, workdir, snakefile, every_job, calib
 
     from i2a.pipeline import lock
 
-    lock.PLANNING_ONLY = True  # a dry run: it takes no locks, so it may run beside an executing instance
     workdir = Path(workdir).resolve()
     snakefile = Path(snakefile).resolve() if snakefile else workdir / "workflow" / "Snakefile"
     args = _cli_args(Path(profile).resolve(), [str(Path(f).resolve()) for f in configfiles])
@@ -227,7 +226,7 @@ def _dry_run(targets, profile, configfiles, workdir, snakefile, every_job, calib
         overrides["cluster"] = {**overrides.get("cluster", {}), "calibration": str(Path(calibration).resolve())}
     collector = _JobInfoCollector()
     snakemake_logger = logging.getLogger("snakemake")
-    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    with lock.planning_only(), SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         snakemake_logger.addHandler(collector)  # after the API set up (and cleared) the logger's handlers
         try:
             workflow_api = api.workflow(
